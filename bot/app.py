@@ -1,0 +1,102 @@
+"""FluxpaintBot and FluxpaintTree: loads cogs, registers buttons, syncs commands when they change, answers errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import discord
+import yarl
+from discord import app_commands
+from discord.ext import commands
+
+from bot.config import DiscordSettings, Settings
+from bot.errors import UserFacingError, user_message
+
+if TYPE_CHECKING:
+    from bot.service import JobService
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.inpaint", "cogs.buttons", "cogs.usage")
+
+
+def point_at(discord_settings: DiscordSettings) -> None:
+    """Send discord.py to another Discord (the end-to-end rig's fake on loopback) when configured."""
+    if discord_settings.api_base_url:
+        discord.http.Route.BASE = f"{discord_settings.api_base_url}/api/v10"
+    if discord_settings.gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(discord_settings.gateway_url)
+
+
+async def reply_once(interaction: discord.Interaction, text: str) -> None:
+    """Tell the member what went wrong: in the deferred reply if there is one, else ephemerally."""
+    try:
+        if interaction.response.is_done():
+            await interaction.edit_original_response(content=f"❌ {text}", embed=None, attachments=[], view=None)
+        else:
+            await interaction.response.send_message(f"❌ {text}", ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not report an error to the member (%s %s)", exc.status, exc.code)
+
+
+class FluxpaintTree(app_commands.CommandTree["FluxpaintBot"]):
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        cause: BaseException = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+        if isinstance(cause, app_commands.CheckFailure) and not isinstance(cause, app_commands.CommandInvokeError):
+            await reply_once(interaction, str(cause) or "You can't use this command here.")
+            return
+        if not isinstance(cause, UserFacingError):
+            log.error("command %s failed", interaction.command and interaction.command.name, exc_info=cause)
+        await reply_once(interaction, user_message(cause))
+
+
+class FluxpaintBot(commands.Bot):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents.default(),
+            tree_cls=FluxpaintTree,
+            allowed_mentions=discord.AllowedMentions.none(),
+            help_command=None,
+        )
+        self.settings = settings
+        self._service: JobService | None = None
+
+    @property
+    def service(self) -> JobService:
+        if self._service is None:
+            raise RuntimeError("FluxpaintBot.service used before attach()")
+        return self._service
+
+    def attach(self, service: JobService) -> None:
+        self._service = service
+
+    async def setup_hook(self) -> None:
+        for name in EXTENSIONS:
+            await self.load_extension(name)
+        await self.sync_commands()
+        await self.service.start()
+
+    async def sync_commands(self) -> None:
+        """Sync only when the definitions changed: Discord allows 200 command creations a day per guild."""
+        data_dir = self.settings.storage.data_dir
+        guilds = [discord.Object(gid) for gid in self.settings.discord.guild_ids]
+        for guild in guilds or [None]:
+            if guild is not None:
+                self.tree.copy_global_to(guild=guild)
+            payload = [cmd.to_dict(self.tree) for cmd in self.tree.get_commands(guild=guild)]
+            digest = hashlib.sha256(
+                json.dumps([self.application_id, payload], sort_keys=True, default=str).encode()
+            ).hexdigest()
+            marker = Path(data_dir) / f"commands-{guild.id if guild else 'global'}.sha256"
+            if marker.exists() and marker.read_text().strip() == digest:
+                log.info("commands unchanged for %s; not syncing", guild.id if guild else "global")
+                continue
+            await self.tree.sync(guild=guild)
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(digest)
+            log.info("synced %d command(s) to %s", len(payload), guild.id if guild else "global")

@@ -1,0 +1,220 @@
+"""fluxpaint run / check-config / inpaint: owns the settings, the HTTP session, the store and the bot."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+
+from bot import images
+from bot.config import ConfigError, Settings, load_settings, masked_dump
+from bot.downloads import fetch
+from bot.errors import UserFacingError
+from bot.fal import FalHandle, FalQueueClient, InpaintInput
+from bot.progress import usd
+from bot.runner import estimate_cost
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 5.0
+USER_AGENT = "fluxpaint/0.1 (+https://github.com/fluxpaint)"
+
+
+class _Redact(logging.Filter):
+    """Last line of defence: drop known secrets from any log record's rendered text."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if len(s) >= 6]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(secret in message for secret in self.secrets):
+            for secret in self.secrets:
+                message = message.replace(secret, "**********")
+            record.msg, record.args = message, None
+        return True
+
+
+def setup_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_Redact([settings.discord.token.get_secret_value(), settings.fal.key.get_secret_value()]))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.logging.level)
+    logging.getLogger("discord").setLevel(max(logging.INFO, root.level))
+
+
+def session(settings: Settings) -> aiohttp.ClientSession:
+    timeout = aiohttp.ClientTimeout(total=None, connect=settings.fal.connect_timeout_s)
+    return aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT})
+
+
+async def run_bot(settings: Settings) -> int:
+    # imported here so that `fluxpaint inpaint` and `check-config` never import discord.py
+    from bot.app import FluxpaintBot, point_at
+    from bot.delivery import DiscordNotifier
+    from bot.files import JobFiles
+    from bot.service import JobService
+    from bot.store import JobStore
+
+    data_dir = Path(settings.storage.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    point_at(settings.discord)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with session(settings) as http, await JobStore.open(data_dir / "fluxpaint.sqlite3") as store:
+        bot = FluxpaintBot(settings)
+        notifier = DiscordNotifier(bot, store, settings.ui)
+        service = JobService(
+            settings=settings,
+            store=store,
+            files=JobFiles(data_dir),
+            fal=FalQueueClient(http, settings.fal),
+            session=http,
+            notifier=notifier,
+        )
+        bot.attach(service)
+        async with bot:
+            runner = asyncio.create_task(bot.start(settings.discord.token.get_secret_value()), name="discord")
+            stopper = asyncio.create_task(stop.wait(), name="signal")
+            await asyncio.wait([runner, stopper], return_when=asyncio.FIRST_COMPLETED)
+            log.info("shutting down: no new jobs; in-flight calls get %.0f s", SHUTDOWN_GRACE_S)
+            await service.close(SHUTDOWN_GRACE_S)
+            await notifier.close()
+            await bot.close()
+            stopper.cancel()
+            if runner.done() and not runner.cancelled() and (exc := runner.exception()) is not None:
+                log.error("the Discord connection failed: %s", exc)
+                return 1
+    log.info("stopped; unfinished jobs resume at the next start")
+    return 0
+
+
+# fluxpaint inpaint
+
+
+def _progress(text: str) -> None:
+    sys.stderr.write(f"\r\x1b[2K{text}")
+    sys.stderr.flush()
+
+
+async def inpaint_once(settings: Settings, args: argparse.Namespace) -> int:
+    image = Path(args.image).read_bytes()
+    mask = Path(args.mask).read_bytes() if args.mask else None
+    prepared = await asyncio.to_thread(images.prepare, image, mask, invert=args.invert_mask, limits=settings.limits)
+    for note in prepared.notes:
+        print(f"note: {note}", file=sys.stderr)
+    cost = estimate_cost(settings.fal.price_per_megapixel, prepared.sent_width, prepared.sent_height, args.num_images)
+    print(f"estimated cost: {usd(cost)}", file=sys.stderr)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    async with session(settings) as http:
+        fal = FalQueueClient(http, settings.fal)
+        if settings.fal.upload_inputs:
+            image_url = await fal.upload(prepared.image, prepared.image_mime, "input")
+            mask_url = await fal.upload(prepared.mask, "image/png", "mask.png")
+        else:
+            image_url = images.data_uri(prepared.image, prepared.image_mime)
+            mask_url = images.data_uri(prepared.mask, "image/png")
+        payload = InpaintInput(
+            prompt=args.prompt, image_url=image_url, mask_url=mask_url, strength=args.strength,
+            num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+            num_images=args.num_images, seed=args.seed, output_format=args.output_format,
+        )
+        handle, _ = await fal.submit(payload)
+        print(f"request id: {handle.request_id}", file=sys.stderr)
+        try:
+            await _watch(fal, handle)
+        except asyncio.CancelledError:
+            outcome = await fal.cancel(handle)
+            print(f"\ncancelled at fal ({outcome})", file=sys.stderr)
+            raise
+        output = await fal.result(handle)
+        _progress("downloading…\n")
+        for index, img in enumerate(output.images, start=1):
+            raw = await fetch(http, img.url, allowed_hosts=settings.fal.media_hosts,
+                              max_bytes=settings.limits.max_output_bytes,
+                              timeout_s=settings.limits.download_timeout_s, what="result image")
+            final = await asyncio.to_thread(images.finish_output, raw, width=prepared.width, height=prepared.height,
+                                            output_format=args.output_format, limits=settings.limits)
+            path = out_dir / f"{Path(args.image).stem}-inpainted-{index}.{'png' if args.output_format == 'png' else 'jpg'}"
+            path.write_bytes(final)
+            print(path)
+        print(f"seed: {output.seed}", file=sys.stderr)
+    return 0
+
+
+async def _watch(fal: FalQueueClient, handle: FalHandle) -> None:
+    async for status in fal.watch(handle):
+        if status.status == "IN_QUEUE":
+            _progress(f"queued at fal: position {status.queue_position if status.queue_position is not None else '?'}")
+        elif status.status == "IN_PROGRESS":
+            _progress("generating…")
+        else:
+            _progress("completed\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fluxpaint", description="Inpainting with FLUX on fal.ai, in Discord.")
+    parser.add_argument("--config", help="TOML config file (default: $FLUXPAINT_CONFIG or config.toml)")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the Discord bot (the default)")
+    sub.add_parser("check-config", help="validate the config and print it with secrets masked")
+    job = sub.add_parser("inpaint", help="run one job against fal from the terminal")
+    job.add_argument("--image", required=True)
+    job.add_argument("--mask", help="white = repaint, black = keep; default: the image's transparent areas")
+    job.add_argument("--prompt", required=True)
+    job.add_argument("--out", required=True, help="folder for the results")
+    job.add_argument("--strength", type=float, default=0.85)
+    job.add_argument("--num-images", "--num_images", dest="num_images", type=int, default=1, choices=range(1, 5))
+    job.add_argument("--num-inference-steps", "--num_inference_steps", dest="num_inference_steps", type=int, default=28)
+    job.add_argument("--guidance-scale", "--guidance_scale", dest="guidance_scale", type=float, default=3.5)
+    job.add_argument("--seed", type=int)
+    job.add_argument("--output-format", "--output_format", dest="output_format", choices=("jpeg", "png"),
+                     default="jpeg")
+    job.add_argument("--invert-mask", "--invert_mask", dest="invert_mask", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "run"
+    try:
+        settings = load_settings(args.config, require_discord=command != "inpaint")
+    except ConfigError as exc:
+        print("fluxpaint: invalid configuration:", file=sys.stderr)
+        for line in exc.lines:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    if command == "check-config":
+        print(json.dumps(masked_dump(settings), indent=2, default=str))
+        return 0
+    setup_logging(settings)
+    if command == "inpaint":
+        try:
+            return asyncio.run(inpaint_once(settings, args))
+        except UserFacingError as exc:
+            print(f"\nfluxpaint: {exc.message}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"\nfluxpaint: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+    return asyncio.run(run_bot(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""Job progress to Discord messages: throttled edits, uploads within limits, channel routes once the token is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import discord
+
+from bot import images
+from bot.config import UiSettings
+from bot.models import Job, utcnow
+from bot.progress import EmbedData, Reply, ResultFile, cancel_custom_id
+from bot.store import JobStore
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 24 * 1024 * 1024  # Discord caps a whole request at 25 MiB; keep room for the JSON part
+MAX_FILES_PER_MESSAGE = 10
+TOKEN_ERRORS = frozenset({50027, 10015})  # invalid webhook token, unknown webhook
+GONE_ERRORS = frozenset({10008, 10003})  # unknown message, unknown channel
+
+
+def batches(files: Sequence[ResultFile], *, max_bytes: int = MAX_REQUEST_BYTES) -> list[list[ResultFile]]:
+    """Split files into messages of at most ten files and ``max_bytes`` in total, keeping their order."""
+    out: list[list[ResultFile]] = []
+    size = 0
+    for file in files:
+        if not out or len(out[-1]) >= MAX_FILES_PER_MESSAGE or size + len(file.data) > max_bytes:
+            out.append([])
+            size = 0
+        out[-1].append(file)
+        size += len(file.data)
+    return out
+
+
+def to_embed(data: EmbedData) -> discord.Embed:
+    embed = discord.Embed(title=data.title, description=data.description[:4096], colour=data.colour)
+    for name, value in data.fields:
+        embed.add_field(name=name, value=value, inline=True)
+    if data.footer:
+        embed.set_footer(text=data.footer)
+    return embed
+
+
+def cancel_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(discord.ui.Button(label="Cancel", style=discord.ButtonStyle.danger, custom_id=cancel_custom_id(job_id)))
+    return view
+
+
+def to_files(files: Sequence[ResultFile]) -> list[discord.File]:
+    return [discord.File(io.BytesIO(f.data), filename=f.filename, spoiler=f.spoiler) for f in files]
+
+
+@dataclass
+class _Editor:
+    """The one writer of one job's reply: keeps the newest wanted reply and the time of the last edit."""
+
+    job: Job
+    wanted: Reply | None = None
+    shown: Reply | None = None
+    last_edit: float = float("-inf")
+    task: asyncio.Task[None] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class DiscordNotifier:
+    """Implements ``bot.progress.JobNotifier`` for a discord.py client."""
+
+    def __init__(
+        self,
+        client: discord.Client,
+        store: JobStore,
+        ui: UiSettings,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = utcnow,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.ui = ui
+        self.monotonic = monotonic
+        self.now = now
+        self.sleep = sleep
+        self._editors: dict[str, _Editor] = {}
+        self._dead_tokens: set[str] = set()
+
+    # routing
+
+    def _token_usable(self, job: Job) -> bool:
+        if job.id in self._dead_tokens:
+            return False
+        return self.now() < job.origin.token_expires_at - timedelta(seconds=self.ui.token_margin_s)
+
+    def _webhook(self, job: Job) -> discord.Webhook:
+        token = job.origin.interaction_token.get_secret_value()
+        return discord.Webhook.partial(job.origin.application_id, token, client=self.client)
+
+    def _channel(self, job: Job) -> discord.PartialMessageable:
+        return self.client.get_partial_messageable(job.origin.channel_id, guild_id=job.origin.guild_id)
+
+    async def _edit_reply(self, job: Job, reply: Reply, *, files: Sequence[ResultFile] = (), final: bool = False) -> bool:
+        """Edit the job's reply by the freshest working route; False if it cannot be reached."""
+        kwargs: dict[str, object] = {
+            "content": reply.content or None,
+            "embed": to_embed(reply.embed) if reply.embed else None,
+            "view": cancel_view(job.id) if reply.cancel_button else None,
+        }
+        if files or final:
+            kwargs["attachments"] = to_files(files)
+        if self._token_usable(job):
+            try:
+                message_id = job.origin.message_id or "@original"
+                await self._webhook(job).edit_message(message_id, **kwargs)  # type: ignore[arg-type]
+                return True
+            except discord.HTTPException as exc:
+                if exc.status != 401 and exc.code not in TOKEN_ERRORS:
+                    return self._gone_or_raise(job, exc)
+                log.info("job=%s interaction token expired; switching to the channel route", job.id)
+                self._dead_tokens.add(job.id)
+                if files:
+                    kwargs["attachments"] = to_files(files)  # the streams were consumed by the failed attempt
+        if job.origin.message_id is None:
+            log.warning("job=%s reply id unknown after token expiry; cannot edit it", job.id)
+            return False
+        try:
+            await self._channel(job).get_partial_message(job.origin.message_id).edit(**kwargs)  # type: ignore[arg-type]
+            return True
+        except discord.HTTPException as exc:
+            return self._gone_or_raise(job, exc)
+
+    def _gone_or_raise(self, job: Job, exc: discord.HTTPException) -> bool:
+        if isinstance(exc, discord.Forbidden) or exc.code in GONE_ERRORS or exc.status == 404:
+            log.warning("job=%s reply not reachable (%s %s)", job.id, exc.status, exc.code)
+            return False
+        raise exc
+
+    # progress
+
+    async def update(self, job: Job, reply: Reply) -> None:
+        editor = self._editors.get(job.id)
+        if editor is None:
+            editor = self._editors[job.id] = _Editor(job=job)
+        editor.job = job
+        editor.wanted = reply
+        if editor.wanted != editor.shown and (editor.task is None or editor.task.done()):
+            editor.task = asyncio.create_task(self._flush(editor), name=f"fluxpaint-edit-{job.id}")
+            editor.task.add_done_callback(self._log_failure)
+
+    @staticmethod
+    def _log_failure(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("edit task %s failed", task.get_name(), exc_info=exc)
+
+    async def _wait_turn(self, editor: _Editor) -> None:
+        delay = editor.last_edit + self.ui.min_edit_interval_s - self.monotonic()
+        if delay > 0:
+            await self.sleep(delay)
+
+    async def _flush(self, editor: _Editor) -> None:
+        while editor.wanted is not None and editor.wanted != editor.shown:
+            await self._wait_turn(editor)
+            async with editor.lock:
+                reply = editor.wanted
+                if reply is None or reply == editor.shown:
+                    return
+                editor.last_edit = self.monotonic()
+                try:
+                    reached = await self._edit_reply(editor.job, reply)
+                except discord.HTTPException as exc:
+                    log.warning("job=%s edit failed (%s %s); will retry with the next update", editor.job.id,
+                                exc.status, exc.code)
+                    return
+                editor.shown = reply
+                if not reached:
+                    editor.wanted = None
+
+    async def forget(self, job_id: str) -> None:
+        editor = self._editors.pop(job_id, None)
+        if editor is not None and editor.task is not None and editor.task is not asyncio.current_task():
+            await asyncio.wait([editor.task])  # the last wanted text (failed, cancelled) still goes out
+
+    async def close(self) -> None:
+        tasks = [e.task for e in self._editors.values() if e.task is not None and not e.task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    # results
+
+    async def deliver(self, job: Job, reply: Reply, files: Sequence[ResultFile]) -> None:
+        editor = self._editors.get(job.id) or _Editor(job=job)
+        self._editors[job.id] = editor
+        if editor.task is not None and not editor.task.done():
+            editor.task.cancel()  # a stale "Generating…" must not land after the result
+            await asyncio.wait([editor.task])
+        limit = job.origin.upload_limit_bytes
+        fitted: list[ResultFile] = []
+        notes: list[str] = []
+        for file in files:
+            data, fmt = await asyncio.to_thread(
+                images.fit_upload, file.data, limit_bytes=limit, output_format=job.options.output_format
+            )
+            if len(data) != len(file.data):
+                notes.append(f"{file.filename} was re-encoded to fit Discord's {limit // (1024 * 1024)} MB upload limit.")
+            name = file.filename.rsplit(".", 1)[0] + (".png" if fmt == "png" else ".jpg")
+            fitted.append(ResultFile(filename=name, data=data, spoiler=file.spoiler))
+        if notes and reply.embed is not None:
+            extra = "\n".join(f"ℹ️ {n}" for n in notes)
+            reply = Reply(content=reply.content, embed=_with_extra(reply.embed, extra))
+        parts = batches(fitted)
+        async with editor.lock:
+            await self._wait_turn(editor)
+            await self._post_parts(job, reply, parts)
+            editor.last_edit = self.monotonic()
+            editor.shown = editor.wanted = None
+
+    async def _post_parts(self, job: Job, reply: Reply, parts: list[list[ResultFile]]) -> None:
+        done_files = job.delivered_files
+        for index, part in enumerate(parts):
+            first, count = sum(len(p) for p in parts[:index]), len(part)
+            if first + count <= done_files:
+                continue  # posted before a restart
+            if index == 0:
+                message_id = await self._post_first(job, reply, part)
+            else:
+                text = f"Results {index + 1}/{len(parts)} · job {job.id}"
+                message_id = await self._post_new(job, Reply(content=text), part, mention=False)
+            job.delivered_files = first + count
+            if message_id is not None:
+                job.delivered_message_ids = [*job.delivered_message_ids, message_id]
+            await self.store.save(job)
+
+    async def _post_first(self, job: Job, reply: Reply, part: list[ResultFile]) -> int | None:
+        if self._token_usable(job) and await self._edit_reply(job, reply, files=part, final=True):
+            return job.origin.message_id
+        # Past the token's life the member would not see an edit: post anew and mention them once.
+        message_id = await self._post_new(job, reply, part, mention=True)
+        if message_id is not None and job.origin.message_id is not None:
+            pointer = Reply(content=f"✅ Done: results in https://discord.com/channels/{job.origin.guild_id or '@me'}/"
+                                    f"{job.origin.channel_id}/{message_id}")
+            try:
+                await self._edit_reply(job, pointer, final=True)
+            except discord.HTTPException as exc:
+                log.warning("job=%s could not point the old reply at the results (%s)", job.id, exc.status)
+        return message_id
+
+    async def _post_new(self, job: Job, reply: Reply, part: list[ResultFile], *, mention: bool) -> int | None:
+        content = reply.content
+        mentions = discord.AllowedMentions.none()
+        if mention:
+            content = f"<@{job.origin.user_id}> {content}".strip()
+            mentions = discord.AllowedMentions(users=[discord.Object(job.origin.user_id)], everyone=False, roles=False)
+        embed = to_embed(reply.embed) if reply.embed else None
+        try:
+            if self._token_usable(job):
+                try:
+                    msg = await self._webhook(job).send(
+                        content=content, embed=embed or discord.utils.MISSING, files=to_files(part), wait=True,
+                        allowed_mentions=mentions,
+                    )
+                    return msg.id
+                except discord.HTTPException as exc:
+                    if exc.status != 401 and exc.code not in TOKEN_ERRORS:
+                        raise
+                    self._dead_tokens.add(job.id)
+            sent = await self._channel(job).send(content=content, embed=embed, files=to_files(part),
+                                                 allowed_mentions=mentions)
+            return sent.id
+        except discord.Forbidden:
+            log.warning("job=%s guild=%s cannot post in channel=%s; trying a DM", job.id, job.origin.guild_id,
+                        job.origin.channel_id)
+            return await self._dm(job, reply, part)
+
+    async def _dm(self, job: Job, reply: Reply, part: list[ResultFile]) -> int | None:
+        try:
+            user = await self.client.fetch_user(job.origin.user_id)
+            sent = await user.send(content=f"I couldn't post in <#{job.origin.channel_id}>; here are your results.",
+                                   embed=to_embed(reply.embed) if reply.embed else None, files=to_files(part))
+            return sent.id
+        except discord.HTTPException as exc:
+            log.warning("job=%s DM fallback failed too (%s %s); results stay in the data dir", job.id, exc.status,
+                        exc.code)
+            return None
+
+
+def _with_extra(embed: EmbedData, extra: str) -> EmbedData:
+    return EmbedData(title=embed.title, description=f"{embed.description}\n{extra}"[:4096], colour=embed.colour,
+                     fields=embed.fields, footer=embed.footer)

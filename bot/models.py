@@ -1,0 +1,137 @@
+"""Plain job data: options, origin, state; no I/O."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+OutputFormat = Literal["jpeg", "png"]
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobState(StrEnum):
+    ACCEPTED = "accepted"  # row written at acknowledge; inputs not yet validated
+    WAITING = "waiting"  # validated, inputs on disk, in this bot's line
+    SUBMITTING = "submitting"  # a submit may be on the wire: never re-sent on resume
+    QUEUED = "queued"  # fal holds it (request id known), IN_QUEUE
+    RUNNING = "running"  # IN_PROGRESS at fal
+    FETCHED = "fetched"  # result images are on disk
+    DELIVERING = "delivering"  # posting to Discord has started
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_STATES
+
+    @property
+    def at_fal(self) -> bool:
+        return self in (JobState.SUBMITTING, JobState.QUEUED, JobState.RUNNING)
+
+
+FINISHED_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+
+
+class InpaintOptions(BaseModel):
+    """The member's choices, named as fal names them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = Field(min_length=1, max_length=2000)
+    strength: float = Field(0.85, ge=0.01, le=1.0)
+    num_images: int = Field(1, ge=1, le=4)
+    num_inference_steps: int = Field(28, ge=1, le=50)
+    guidance_scale: float = Field(3.5, ge=0, le=35)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    output_format: OutputFormat = "jpeg"
+    invert_mask: bool = False
+    enable_safety_checker: bool = True
+
+
+class Upload(BaseModel):
+    """An attachment as Discord described it; the URL is fetched once and never stored past validation."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: str
+    filename: str
+    size: int
+    content_type: str | None = None
+
+
+class Origin(BaseModel):
+    """Where a job came from and how to reach its reply."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user_id: int
+    guild_id: int | None
+    channel_id: int
+    application_id: int
+    interaction_id: int
+    interaction_token: SecretStr
+    token_expires_at: datetime
+    channel_nsfw: bool = False
+    upload_limit_bytes: int = 10 * 1024 * 1024
+    role_ids: tuple[int, ...] = ()
+    message_id: int | None = None  # the deferred reply; known from the defer answer or one GET of @original
+
+
+class Job(BaseModel):
+    """One /inpaint request from acknowledge to delivery; the job store keeps one row per job."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    id: str = Field(default_factory=new_job_id)
+    state: JobState = JobState.ACCEPTED
+    origin: Origin
+    options: InpaintOptions
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    # filled by validation
+    width: int | None = None  # the input's size; results are delivered at this size
+    height: int | None = None
+    sent_width: int | None = None  # the size sent to fal (after the megapixel cap)
+    sent_height: int | None = None
+    notes: list[str] = Field(default_factory=list)  # "downscaled to …", "the mask selects everything"
+    cost_estimate_usd: float = 0.0
+    input_mime: str = "image/jpeg"  # how the prepared image is stored in the job's folder
+    image_url: str | None = None  # fal storage URLs when fal.upload_inputs is on
+    mask_url: str | None = None
+
+    # filled at fal
+    request_id: str | None = None
+    status_url: str | None = None
+    response_url: str | None = None
+    cancel_url: str | None = None
+    queue_position: int | None = None
+    submitted_at: datetime | None = None
+    completed_at: datetime | None = None
+    seed: int | None = None
+    nsfw_flags: list[bool] = Field(default_factory=list)
+    result_files: list[str] = Field(default_factory=list)  # file names in the job's folder
+
+    # Discord side
+    message_id: int | None = None  # the deferred reply, once known
+    delivered_message_ids: list[int] = Field(default_factory=list)
+    delivered_files: int = 0  # how many result files are already posted (multi-message delivery)
+    cancel_requested_by: int | None = None
+    error: str | None = None  # the member-facing reason for FAILED
+    cost_usd: float | None = None  # recorded once fal has delivered
+
+    @property
+    def at_fal(self) -> bool:
+        return self.state.at_fal

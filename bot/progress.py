@@ -1,0 +1,148 @@
+"""What a member sees for a job in each state, as plain data; knows nothing of Discord's objects."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bot.models import Job, JobState
+
+CANCEL_PREFIX = "fp:cancel:"
+MAX_CONTENT = 2000
+PROMPT_PREVIEW = 120
+
+COLOUR_OK = 0x57F287
+COLOUR_FAILED = 0xED4245
+COLOUR_CANCELLED = 0x99AAB5
+
+
+def cancel_custom_id(job_id: str) -> str:
+    return f"{CANCEL_PREFIX}{job_id}"
+
+
+@dataclass(frozen=True)
+class EmbedData:
+    title: str
+    description: str
+    colour: int
+    fields: tuple[tuple[str, str], ...] = ()
+    footer: str = ""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The whole visible state of a job's reply; equal replies need no edit."""
+
+    content: str
+    embed: EmbedData | None = None
+    cancel_button: bool = False
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    filename: str
+    data: bytes
+    spoiler: bool = False
+
+
+@dataclass
+class Delivery:
+    """What delivery posted, so that a resumed delivery continues instead of repeating."""
+
+    message_ids: list[int] = field(default_factory=list)
+    files_posted: int = 0
+
+
+class JobNotifier(Protocol):
+    """The core's view of the Discord side: show a job's state, post its results."""
+
+    async def update(self, job: Job, reply: Reply) -> None:
+        """Show ``reply``; throttled, and a newer reply replaces one not yet shown."""
+
+    async def deliver(self, job: Job, reply: Reply, files: Sequence[ResultFile]) -> None:
+        """Post the finished job; continues from ``job.delivered_files`` when resumed."""
+
+    async def forget(self, job_id: str) -> None:
+        """Drop any pending update of a finished job."""
+
+
+def _preview(prompt: str, limit: int = PROMPT_PREVIEW) -> str:
+    one_line = " ".join(prompt.split())
+    return one_line if len(one_line) <= limit else one_line[: limit - 1] + "…"
+
+
+def usd(amount: float) -> str:
+    return f"${amount:.3f}" if amount < 1 else f"${amount:.2f}"
+
+
+def summary_line(job: Job) -> str:
+    opts = job.options
+    images = "1 image" if opts.num_images == 1 else f"{opts.num_images} images"
+    size = f" · {job.width}×{job.height}" if job.width and job.height else ""
+    cost = f" · est. {usd(job.cost_estimate_usd)}" if job.cost_estimate_usd else ""
+    return f"“{_preview(opts.prompt)}” · {images}{size}{cost}"
+
+
+def status_line(job: Job, *, line_position: int | None = None) -> str:
+    match job.state:
+        case JobState.ACCEPTED:
+            return "🔎 Checking your image and mask…"
+        case JobState.WAITING:
+            where = f"#{line_position} in this bot's queue" if line_position else "in this bot's queue"
+            return f"⏳ Waiting: {where} (fal runs a few jobs at a time for this server)"
+        case JobState.SUBMITTING:
+            return "📨 Sending to fal…"
+        case JobState.QUEUED:
+            if job.queue_position is None:
+                return "🕒 Queued at fal"
+            suffix = " (next up)" if job.queue_position == 0 else ""
+            return f"🕒 Queued at fal: position {job.queue_position}{suffix}"
+        case JobState.RUNNING:
+            return "🎨 Generating…"
+        case JobState.FETCHED | JobState.DELIVERING:
+            return "📦 Uploading the results…"
+        case JobState.DONE:
+            return "✅ Done"
+        case JobState.FAILED:
+            return f"❌ {job.error or 'The job failed.'}"
+        case JobState.CANCELLED:
+            return "🚫 Cancelled."
+
+
+def progress_reply(job: Job, *, line_position: int | None = None) -> Reply:
+    """The reply while a job is unfinished, or its text once it failed or was cancelled."""
+    lines = [status_line(job, line_position=line_position), summary_line(job)]
+    lines.extend(f"ℹ️ {note}" for note in job.notes)
+    content = "\n".join(lines)[:MAX_CONTENT]
+    cancellable = job.state in (JobState.WAITING, JobState.SUBMITTING, JobState.QUEUED, JobState.RUNNING)
+    return Reply(content=content, cancel_button=cancellable)
+
+
+def result_reply(job: Job, *, elapsed_s: float, withheld: int, notes: Sequence[str] = ()) -> Reply:
+    """The final message: a compact embed with everything needed to reproduce the result."""
+    opts = job.options
+    fields = [
+        ("Seed", str(job.seed) if job.seed is not None else "unknown"),
+        ("Strength", f"{opts.strength:g}"),
+        ("Steps", str(opts.num_inference_steps)),
+        ("Guidance", f"{opts.guidance_scale:g}"),
+        ("Size", f"{job.width}×{job.height}"),
+        ("Time", f"{elapsed_s:.0f} s"),
+        ("Est. cost", usd(job.cost_usd if job.cost_usd is not None else job.cost_estimate_usd)),
+    ]
+    extra = list(job.notes) + list(notes)
+    if withheld:
+        noun = "image was" if withheld == 1 else "images were"
+        extra.append(f"{withheld} {noun} withheld: fal's safety checker flagged it (allowed only in age-restricted channels).")
+    description = _preview(opts.prompt, 3000)
+    if extra:
+        description += "\n\n" + "\n".join(f"ℹ️ {note}" for note in extra)
+    embed = EmbedData(
+        title="Inpainted",
+        description=description,
+        colour=COLOUR_OK,
+        fields=tuple(fields),
+        footer=f"job {job.id}",
+    )
+    return Reply(content="", embed=embed)

@@ -1,0 +1,38 @@
+"""Buttons that keep working after a restart: their custom_id carries the job id."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Self
+
+import discord
+
+from bot.app import FluxpaintBot
+from bot.progress import CANCEL_PREFIX
+
+
+class CancelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"{CANCEL_PREFIX}(?P<job_id>[0-9a-f]{{32}})"):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(label="Cancel", style=discord.ButtonStyle.danger, custom_id=f"{CANCEL_PREFIX}{job_id}")
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+    ) -> Self:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction[FluxpaintBot]) -> None:  # type: ignore[override]
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        result = await interaction.client.service.cancel(
+            self.job_id,
+            user_id=interaction.user.id,
+            can_manage=interaction.permissions.manage_messages,
+        )
+        await interaction.followup.send(result.message, ephemeral=True)
+
+
+async def setup(bot: FluxpaintBot) -> None:
+    bot.add_dynamic_items(CancelButton)

@@ -1,0 +1,91 @@
+"""/inpaint: turns the command's options into a JobService.accept call."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.app import FluxpaintBot
+from bot.models import InpaintOptions, Origin, Upload
+from bot.service import JobService
+
+
+def _origin(interaction: discord.Interaction, message_id: int | None) -> Origin:
+    channel = interaction.channel
+    nsfw = bool(getattr(channel, "is_nsfw", lambda: False)())
+    roles = tuple(r.id for r in getattr(interaction.user, "roles", ()))
+    assert interaction.channel_id is not None
+    return Origin(
+        user_id=interaction.user.id,
+        guild_id=interaction.guild_id,
+        channel_id=interaction.channel_id,
+        application_id=interaction.application_id,
+        interaction_id=interaction.id,
+        interaction_token=interaction.token,  # type: ignore[arg-type]
+        token_expires_at=interaction.expires_at,
+        channel_nsfw=nsfw,
+        upload_limit_bytes=interaction.filesize_limit,
+        role_ids=roles,
+        message_id=message_id,
+    )
+
+
+def _upload(attachment: discord.Attachment) -> Upload:
+    return Upload(url=attachment.url, filename=attachment.filename, size=attachment.size,
+                  content_type=attachment.content_type)
+
+
+class Inpaint(commands.Cog):
+    def __init__(self, service: JobService) -> None:
+        self.service = service
+
+    @app_commands.command(description="Repaint the masked part of an image with FLUX")
+    @app_commands.describe(
+        image="The photo to edit (PNG, JPEG, WebP, GIF, AVIF, BMP or TIFF)",
+        prompt="What to paint in the masked area",
+        mask="White = repaint, black = keep. Leave out to repaint the image's transparent areas",
+        strength="How much to change the masked area: 0.01 barely, 1 completely (default 0.85)",
+        num_images="How many versions to make (default 1)",
+        num_inference_steps="More steps: more detail, slower (default 28)",
+        guidance_scale="How closely to follow the prompt (default 3.5)",
+        seed="Use the same seed to repeat a result (random if left out)",
+        output_format="File format of the results (default jpeg)",
+        invert_mask="Repaint the black part of the mask instead of the white part",
+    )
+    @app_commands.guild_only()
+    async def inpaint(
+        self,
+        interaction: discord.Interaction,
+        image: discord.Attachment,
+        prompt: app_commands.Range[str, 1, 2000],
+        mask: discord.Attachment | None = None,
+        strength: app_commands.Range[float, 0.01, 1.0] = 0.85,
+        num_images: app_commands.Range[int, 1, 4] = 1,
+        num_inference_steps: app_commands.Range[int, 1, 50] = 28,
+        guidance_scale: app_commands.Range[float, 0.0, 35.0] = 3.5,
+        seed: app_commands.Range[int, 0, 2**53] | None = None,
+        output_format: Literal["jpeg", "png"] = "jpeg",
+        invert_mask: bool = False,
+    ) -> None:
+        callback = await interaction.response.defer(thinking=True)  # within the 3 s deadline, before any I/O
+        message_id = callback.message_id if callback is not None else None
+        if message_id is None:
+            message_id = (await interaction.original_response()).id
+        options = InpaintOptions(
+            prompt=prompt,
+            strength=strength,
+            num_images=num_images,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            seed=seed,
+            output_format=output_format,
+            invert_mask=invert_mask,
+        )
+        await self.service.accept(options, _origin(interaction, message_id), _upload(image), mask and _upload(mask))
+
+
+async def setup(bot: FluxpaintBot) -> None:
+    await bot.add_cog(Inpaint(bot.service))

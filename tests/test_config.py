@@ -1,0 +1,113 @@
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from bot.config import ConfigError, load_settings, masked_dump
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for var in list(os.environ):
+        if var.startswith("FLUXPAINT_") or var in ("DISCORD_TOKEN", "FAL_KEY"):
+            monkeypatch.delenv(var)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_need_only_the_two_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", "discord-secret-token")
+    monkeypatch.setenv("FAL_KEY", "fal-secret-key")
+    settings = load_settings(tmp_path / "missing.toml")
+    assert settings.fal.base_url == "https://queue.fal.run"
+    assert settings.fal.app_id == "fal-ai/flux-lora"
+    assert settings.storage.data_dir == Path("data")
+    assert settings.fal.key.get_secret_value() == "fal-secret-key"
+
+
+def test_env_wins_over_file_and_prefixed_wins_over_plain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, '[discord]\ntoken = "file-token"\n[fal]\nkey = "file-key"\nmax_concurrent = 3\n')
+    monkeypatch.setenv("FAL_KEY", "plain-key")
+    monkeypatch.setenv("FLUXPAINT_FAL__MAX_CONCURRENT", "5")
+    settings = load_settings(path)
+    assert settings.fal.key.get_secret_value() == "plain-key"
+    assert settings.fal.max_concurrent == 5
+    assert settings.discord.token.get_secret_value() == "file-token"
+    monkeypatch.setenv("FLUXPAINT_FAL__KEY", "prefixed-key")
+    assert load_settings(path).fal.key.get_secret_value() == "prefixed-key"
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ('[fal]\nkey="k"\nbogus = 1\n', "fal.bogus: unknown key"),
+        ('[fal]\nkey="k"\nbase_url = "http://example.com"\n', "fal.base_url: must use https://"),
+        ('[fal]\nkey="k"\nmax_concurrent = 0\n', "fal.max_concurrent: Input should be greater than or equal to 1"),
+        ('[fal]\nkey="k"\nauth_scheme = "Basic"\n', "fal.auth_scheme:"),
+        ('[fal]\nkey="k"\nmedia_hosts = ["a/b"]\n', "fal.media_hosts.0:"),
+        ('[fal]\nkey="k"\n[limits]\nmax_megapixels = -1\n', "limits.max_megapixels:"),
+    ],
+    ids=["unknown-key", "plain-http", "zero-concurrency", "bad-scheme", "bad-host", "negative-mp"],
+)
+def test_bad_keys_are_named_one_per_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toml: str, expected: str) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", "t")
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, toml))
+    assert any(line.startswith(expected) for line in info.value.lines), info.value.lines
+
+
+def test_loopback_http_is_accepted_for_fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", "t")
+    path = write(tmp_path, '[fal]\nkey="k"\nbase_url = "http://127.0.0.1:8080/"\nmedia_hosts = ["127.0.0.1:9000"]\n')
+    settings = load_settings(path)
+    assert settings.fal.base_url == "http://127.0.0.1:8080"
+    assert settings.fal.media_hosts == ["127.0.0.1:9000"]
+
+
+def test_missing_secrets_say_how_to_set_them(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(tmp_path / "none.toml")
+    text = "\n".join(info.value.lines)
+    assert "DISCORD_TOKEN" in text and "FAL_KEY" in text
+
+
+def test_terminal_inpaint_needs_only_the_fal_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAL_KEY", "k")
+    assert load_settings(tmp_path / "none.toml", require_discord=False).fal.key.get_secret_value() == "k"
+    with pytest.raises(ConfigError):
+        load_settings(tmp_path / "none.toml")
+
+
+def test_check_config_masks_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", "discord-secret-token")
+    monkeypatch.setenv("FAL_KEY", "fal-secret-key")
+    assert main(["--config", str(tmp_path / "none.toml"), "check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "fal-secret-key" not in out and "discord-secret-token" not in out
+    assert '"key": "**********"' in out and "queue.fal.run" in out
+
+
+def test_check_config_reports_every_bad_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", "t")
+    path = write(tmp_path, '[fal]\nkey="k"\ntypo = 1\n[ui]\nmin_edit_interval_s = -2\n')
+    assert main(["--config", str(path), "check-config"]) == 2
+    err = capsys.readouterr().err
+    assert "fal.typo: unknown key" in err and "ui.min_edit_interval_s" in err
+
+
+def test_example_config_is_complete_and_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", "t")
+    monkeypatch.setenv("FAL_KEY", "k")
+    example = Path(__file__).resolve().parents[1] / "config.example.toml"
+    settings = load_settings(example)
+    text = example.read_text()
+    for section, values in masked_dump(settings).items():
+        assert f"[{section}]" in text
+        for key in values:
+            assert f"{key} =" in text or f"# {key} =" in text, f"{section}.{key} is not documented"
