@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.inpaint", "cogs.buttons", "cogs.usage")
+EXTENSIONS = ("cogs.inpaint", "cogs.buttons", "cogs.usage", "cogs.admin")
 
 
 def point_at(discord_settings: DiscordSettings) -> None:
@@ -84,8 +84,8 @@ class FluxpaintBot(commands.Bot):
     async def sync_commands(self) -> None:
         """Sync only when the definitions changed: Discord allows 200 command creations a day per guild."""
         data_dir = self.settings.storage.data_dir
-        guilds = [discord.Object(gid) for gid in self.settings.discord.guild_ids]
-        for guild in guilds or [None]:
+        targets: list[discord.Object | None] = [discord.Object(gid) for gid in self.settings.discord.guild_ids]
+        for guild in targets or [None]:
             if guild is not None:
                 self.tree.copy_global_to(guild=guild)
             payload = [cmd.to_dict(self.tree) for cmd in self.tree.get_commands(guild=guild)]

@@ -9,8 +9,9 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -21,6 +22,9 @@ from bot.errors import UserFacingError
 from bot.fal import FalHandle, FalQueueClient, InpaintInput
 from bot.progress import usd
 from bot.runner import estimate_cost
+
+if TYPE_CHECKING:
+    from bot.app import FluxpaintBot
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,8 @@ def setup_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.logging.level)
-    logging.getLogger("discord").setLevel(max(logging.INFO, root.level))
+    for noisy in ("discord", "aiosqlite"):  # their DEBUG lines carry request bodies and SQL parameters (tokens)
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
 
 
 def session(settings: Settings) -> aiohttp.ClientSession:
@@ -59,8 +64,9 @@ def session(settings: Settings) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT})
 
 
-async def run_bot(settings: Settings) -> int:
-    # imported here so that `fluxpaint inpaint` and `check-config` never import discord.py
+@contextlib.asynccontextmanager
+async def runtime(settings: Settings) -> AsyncIterator[FluxpaintBot]:
+    """Build the bot with its session, store, notifier and service; on exit stop them in order."""
     from bot.app import FluxpaintBot, point_at
     from bot.delivery import DiscordNotifier
     from bot.files import JobFiles
@@ -68,12 +74,7 @@ async def run_bot(settings: Settings) -> int:
     from bot.store import JobStore
 
     data_dir = Path(settings.storage.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
     point_at(settings.discord)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     async with session(settings) as http, await JobStore.open(data_dir / "fluxpaint.sqlite3") as store:
         bot = FluxpaintBot(settings)
         notifier = DiscordNotifier(bot, store, settings.ui)
@@ -86,18 +87,29 @@ async def run_bot(settings: Settings) -> int:
             notifier=notifier,
         )
         bot.attach(service)
-        async with bot:
-            runner = asyncio.create_task(bot.start(settings.discord.token.get_secret_value()), name="discord")
-            stopper = asyncio.create_task(stop.wait(), name="signal")
-            await asyncio.wait([runner, stopper], return_when=asyncio.FIRST_COMPLETED)
-            log.info("shutting down: no new jobs; in-flight calls get %.0f s", SHUTDOWN_GRACE_S)
+        try:
+            async with bot:
+                yield bot
+                log.info("shutting down: no new jobs; in-flight calls get %.0f s", SHUTDOWN_GRACE_S)
+        finally:
             await service.close(SHUTDOWN_GRACE_S)
             await notifier.close()
             await bot.close()
-            stopper.cancel()
-            if runner.done() and not runner.cancelled() and (exc := runner.exception()) is not None:
-                log.error("the Discord connection failed: %s", exc)
-                return 1
+
+
+async def run_bot(settings: Settings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with runtime(settings) as bot:
+        runner = asyncio.create_task(bot.start(settings.discord.token.get_secret_value()), name="discord")
+        stopper = asyncio.create_task(stop.wait(), name="signal")
+        await asyncio.wait([runner, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+    if runner.done() and not runner.cancelled() and (exc := runner.exception()) is not None:
+        log.error("the Discord connection failed: %s", exc)
+        return 1
     log.info("stopped; unfinished jobs resume at the next start")
     return 0
 
@@ -110,16 +122,13 @@ def _progress(text: str) -> None:
     sys.stderr.flush()
 
 
-async def inpaint_once(settings: Settings, args: argparse.Namespace) -> int:
-    image = Path(args.image).read_bytes()
-    mask = Path(args.mask).read_bytes() if args.mask else None
+async def inpaint_once(settings: Settings, args: argparse.Namespace, image: bytes, mask: bytes | None) -> int:
     prepared = await asyncio.to_thread(images.prepare, image, mask, invert=args.invert_mask, limits=settings.limits)
     for note in prepared.notes:
         print(f"note: {note}", file=sys.stderr)
     cost = estimate_cost(settings.fal.price_per_megapixel, prepared.sent_width, prepared.sent_height, args.num_images)
     print(f"estimated cost: {usd(cost)}", file=sys.stderr)
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     async with session(settings) as http:
         fal = FalQueueClient(http, settings.fal)
         if settings.fal.upload_inputs:
@@ -129,9 +138,15 @@ async def inpaint_once(settings: Settings, args: argparse.Namespace) -> int:
             image_url = images.data_uri(prepared.image, prepared.image_mime)
             mask_url = images.data_uri(prepared.mask, "image/png")
         payload = InpaintInput(
-            prompt=args.prompt, image_url=image_url, mask_url=mask_url, strength=args.strength,
-            num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-            num_images=args.num_images, seed=args.seed, output_format=args.output_format,
+            prompt=args.prompt,
+            image_url=image_url,
+            mask_url=mask_url,
+            strength=args.strength,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
+            num_images=args.num_images,
+            seed=args.seed,
+            output_format=args.output_format,
         )
         handle, _ = await fal.submit(payload)
         print(f"request id: {handle.request_id}", file=sys.stderr)
@@ -144,13 +159,26 @@ async def inpaint_once(settings: Settings, args: argparse.Namespace) -> int:
         output = await fal.result(handle)
         _progress("downloading…\n")
         for index, img in enumerate(output.images, start=1):
-            raw = await fetch(http, img.url, allowed_hosts=settings.fal.media_hosts,
-                              max_bytes=settings.limits.max_output_bytes,
-                              timeout_s=settings.limits.download_timeout_s, what="result image")
-            final = await asyncio.to_thread(images.finish_output, raw, width=prepared.width, height=prepared.height,
-                                            output_format=args.output_format, limits=settings.limits)
-            path = out_dir / f"{Path(args.image).stem}-inpainted-{index}.{'png' if args.output_format == 'png' else 'jpg'}"
-            path.write_bytes(final)
+            raw = await fetch(
+                http,
+                img.url,
+                allowed_hosts=settings.fal.media_hosts,
+                max_bytes=settings.limits.max_output_bytes,
+                timeout_s=settings.limits.download_timeout_s,
+                what="result image",
+            )
+            final = await asyncio.to_thread(
+                images.finish_output,
+                raw,
+                width=prepared.width,
+                height=prepared.height,
+                output_format=args.output_format,
+                limits=settings.limits,
+            )
+            path = (
+                out_dir / f"{Path(args.image).stem}-inpainted-{index}.{'png' if args.output_format == 'png' else 'jpg'}"
+            )
+            await asyncio.to_thread(path.write_bytes, final)
             print(path)
         print(f"seed: {output.seed}", file=sys.stderr)
     return 0
@@ -182,8 +210,9 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("--num-inference-steps", "--num_inference_steps", dest="num_inference_steps", type=int, default=28)
     job.add_argument("--guidance-scale", "--guidance_scale", dest="guidance_scale", type=float, default=3.5)
     job.add_argument("--seed", type=int)
-    job.add_argument("--output-format", "--output_format", dest="output_format", choices=("jpeg", "png"),
-                     default="jpeg")
+    job.add_argument(
+        "--output-format", "--output_format", dest="output_format", choices=("jpeg", "png"), default="jpeg"
+    )
     job.add_argument("--invert-mask", "--invert_mask", dest="invert_mask", action="store_true")
     return parser
 
@@ -204,7 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings)
     if command == "inpaint":
         try:
-            return asyncio.run(inpaint_once(settings, args))
+            image = Path(args.image).read_bytes()
+            mask = Path(args.mask).read_bytes() if args.mask else None
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            return asyncio.run(inpaint_once(settings, args, image, mask))
         except UserFacingError as exc:
             print(f"\nfluxpaint: {exc.message}", file=sys.stderr)
             return 1
@@ -213,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         except KeyboardInterrupt:
             return 130
+    Path(settings.storage.data_dir).mkdir(parents=True, exist_ok=True)
     return asyncio.run(run_bot(settings))
 
 

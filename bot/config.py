@@ -216,7 +216,9 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, require_discord
         return _FromFile()
     except ValidationError as exc:
         lines = describe_errors(exc)
-        if require_discord or not all(line.startswith(("discord: missing", "discord.token: missing")) for line in lines):
+        if require_discord or not all(
+            line.startswith(("discord: missing", "discord.token: missing")) for line in lines
+        ):
             raise ConfigError(lines) from None
     except (OSError, ValueError) as exc:  # unreadable file or TOML syntax error
         raise ConfigError([f"{toml_path}: {exc}"]) from None

@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import cast
 
 import discord
 
@@ -39,6 +40,11 @@ def batches(files: Sequence[ResultFile], *, max_bytes: int = MAX_REQUEST_BYTES) 
     return out
 
 
+def delivery_nonce(job_id: str, part: int) -> str:
+    """At most 25 characters, the same for the same part of the same job, so Discord drops a repeat."""
+    return f"fp{job_id[:20]}{part:03d}"
+
+
 def to_embed(data: EmbedData) -> discord.Embed:
     embed = discord.Embed(title=data.title, description=data.description[:4096], colour=data.colour)
     for name, value in data.fields:
@@ -50,7 +56,9 @@ def to_embed(data: EmbedData) -> discord.Embed:
 
 def cancel_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    view.add_item(discord.ui.Button(label="Cancel", style=discord.ButtonStyle.danger, custom_id=cancel_custom_id(job_id)))
+    view.add_item(
+        discord.ui.Button(label="Cancel", style=discord.ButtonStyle.danger, custom_id=cancel_custom_id(job_id))
+    )
     return view
 
 
@@ -106,32 +114,45 @@ class DiscordNotifier:
     def _channel(self, job: Job) -> discord.PartialMessageable:
         return self.client.get_partial_messageable(job.origin.channel_id, guild_id=job.origin.guild_id)
 
-    async def _edit_reply(self, job: Job, reply: Reply, *, files: Sequence[ResultFile] = (), final: bool = False) -> bool:
+    async def _edit_reply(
+        self, job: Job, reply: Reply, *, files: Sequence[ResultFile] = (), final: bool = False
+    ) -> bool:
         """Edit the job's reply by the freshest working route; False if it cannot be reached."""
-        kwargs: dict[str, object] = {
-            "content": reply.content or None,
-            "embed": to_embed(reply.embed) if reply.embed else None,
-            "view": cancel_view(job.id) if reply.cancel_button else None,
-        }
-        if files or final:
-            kwargs["attachments"] = to_files(files)
+        content = reply.content or None
+        embed = to_embed(reply.embed) if reply.embed else None
+        view = cancel_view(job.id) if reply.cancel_button else None
+        replace_files = bool(files) or final
         if self._token_usable(job):
             try:
-                message_id = job.origin.message_id or "@original"
-                await self._webhook(job).edit_message(message_id, **kwargs)  # type: ignore[arg-type]
+                # "@original" addresses the reply when its id is unknown (the defer answer lacked it)
+                message_id = cast(int, job.origin.message_id or "@original")
+                await self._webhook(job).edit_message(
+                    message_id,
+                    content=content,
+                    embed=embed,
+                    view=view,
+                    attachments=to_files(files) if replace_files else discord.utils.MISSING,
+                )
                 return True
             except discord.HTTPException as exc:
                 if exc.status != 401 and exc.code not in TOKEN_ERRORS:
                     return self._gone_or_raise(job, exc)
                 log.info("job=%s interaction token expired; switching to the channel route", job.id)
                 self._dead_tokens.add(job.id)
-                if files:
-                    kwargs["attachments"] = to_files(files)  # the streams were consumed by the failed attempt
         if job.origin.message_id is None:
             log.warning("job=%s reply id unknown after token expiry; cannot edit it", job.id)
             return False
         try:
-            await self._channel(job).get_partial_message(job.origin.message_id).edit(**kwargs)  # type: ignore[arg-type]
+            await (
+                self._channel(job)
+                .get_partial_message(job.origin.message_id)
+                .edit(
+                    content=content,
+                    embed=embed,
+                    view=view,
+                    attachments=to_files(files) if replace_files else discord.utils.MISSING,
+                )
+            )
             return True
         except discord.HTTPException as exc:
             return self._gone_or_raise(job, exc)
@@ -175,8 +196,12 @@ class DiscordNotifier:
                 try:
                     reached = await self._edit_reply(editor.job, reply)
                 except discord.HTTPException as exc:
-                    log.warning("job=%s edit failed (%s %s); will retry with the next update", editor.job.id,
-                                exc.status, exc.code)
+                    log.warning(
+                        "job=%s edit failed (%s %s); will retry with the next update",
+                        editor.job.id,
+                        exc.status,
+                        exc.code,
+                    )
                     return
                 editor.shown = reply
                 if not reached:
@@ -199,8 +224,10 @@ class DiscordNotifier:
     async def deliver(self, job: Job, reply: Reply, files: Sequence[ResultFile]) -> None:
         editor = self._editors.get(job.id) or _Editor(job=job)
         self._editors[job.id] = editor
+        editor.wanted = None  # a stale "Generating…" must not land after the result
         if editor.task is not None and not editor.task.done():
-            editor.task.cancel()  # a stale "Generating…" must not land after the result
+            # Let an edit under way finish rather than cancel it: discord.py's webhook adapter can keep its
+            # per-webhook lock forever when a request is cancelled during its rate-limit sleep.
             await asyncio.wait([editor.task])
         limit = job.origin.upload_limit_bytes
         fitted: list[ResultFile] = []
@@ -210,7 +237,9 @@ class DiscordNotifier:
                 images.fit_upload, file.data, limit_bytes=limit, output_format=job.options.output_format
             )
             if len(data) != len(file.data):
-                notes.append(f"{file.filename} was re-encoded to fit Discord's {limit // (1024 * 1024)} MB upload limit.")
+                notes.append(
+                    f"{file.filename} was re-encoded to fit Discord's {limit // (1024 * 1024)} MB upload limit."
+                )
             name = file.filename.rsplit(".", 1)[0] + (".png" if fmt == "png" else ".jpg")
             fitted.append(ResultFile(filename=name, data=data, spoiler=file.spoiler))
         if notes and reply.embed is not None:
@@ -233,7 +262,9 @@ class DiscordNotifier:
                 message_id = await self._post_first(job, reply, part)
             else:
                 text = f"Results {index + 1}/{len(parts)} · job {job.id}"
-                message_id = await self._post_new(job, Reply(content=text), part, mention=False)
+                message_id = await self._post_new(
+                    job, Reply(content=text), part, mention=False, nonce=delivery_nonce(job.id, index)
+                )
             job.delivered_files = first + count
             if message_id is not None:
                 job.delivered_message_ids = [*job.delivered_message_ids, message_id]
@@ -243,17 +274,24 @@ class DiscordNotifier:
         if self._token_usable(job) and await self._edit_reply(job, reply, files=part, final=True):
             return job.origin.message_id
         # Past the token's life the member would not see an edit: post anew and mention them once.
-        message_id = await self._post_new(job, reply, part, mention=True)
+        message_id = await self._post_new(job, reply, part, mention=True, nonce=delivery_nonce(job.id, 0))
         if message_id is not None and job.origin.message_id is not None:
-            pointer = Reply(content=f"✅ Done: results in https://discord.com/channels/{job.origin.guild_id or '@me'}/"
-                                    f"{job.origin.channel_id}/{message_id}")
+            pointer = Reply(
+                content=f"✅ Done: results in https://discord.com/channels/{job.origin.guild_id or '@me'}/"
+                f"{job.origin.channel_id}/{message_id}"
+            )
             try:
                 await self._edit_reply(job, pointer, final=True)
             except discord.HTTPException as exc:
                 log.warning("job=%s could not point the old reply at the results (%s)", job.id, exc.status)
         return message_id
 
-    async def _post_new(self, job: Job, reply: Reply, part: list[ResultFile], *, mention: bool) -> int | None:
+    async def _post_new(
+        self, job: Job, reply: Reply, part: list[ResultFile], *, mention: bool, nonce: str
+    ) -> int | None:
+        """Post a new message: the channel route with an enforced nonce first, so a post repeated after a
+        crash returns the message that already exists; the interaction webhook or a DM when the bot may not
+        post in the channel."""
         content = reply.content
         mentions = discord.AllowedMentions.none()
         if mention:
@@ -261,37 +299,53 @@ class DiscordNotifier:
             mentions = discord.AllowedMentions(users=[discord.Object(job.origin.user_id)], everyone=False, roles=False)
         embed = to_embed(reply.embed) if reply.embed else None
         try:
-            if self._token_usable(job):
-                try:
-                    msg = await self._webhook(job).send(
-                        content=content, embed=embed or discord.utils.MISSING, files=to_files(part), wait=True,
-                        allowed_mentions=mentions,
-                    )
-                    return msg.id
-                except discord.HTTPException as exc:
-                    if exc.status != 401 and exc.code not in TOKEN_ERRORS:
-                        raise
-                    self._dead_tokens.add(job.id)
-            sent = await self._channel(job).send(content=content, embed=embed, files=to_files(part),
-                                                 allowed_mentions=mentions)
+            sent = await self._channel(job).send(
+                content=content,
+                embeds=[embed] if embed else [],
+                files=to_files(part),
+                allowed_mentions=mentions,
+                nonce=nonce,
+            )
             return sent.id
         except discord.Forbidden:
-            log.warning("job=%s guild=%s cannot post in channel=%s; trying a DM", job.id, job.origin.guild_id,
-                        job.origin.channel_id)
-            return await self._dm(job, reply, part)
+            log.warning("job=%s guild=%s cannot post in channel=%s", job.id, job.origin.guild_id, job.origin.channel_id)
+        if self._token_usable(job):
+            try:
+                msg = await self._webhook(job).send(
+                    content=content,
+                    embed=embed or discord.utils.MISSING,
+                    files=to_files(part),
+                    wait=True,
+                    allowed_mentions=mentions,
+                )
+                return msg.id
+            except discord.HTTPException as exc:
+                if exc.status != 401 and exc.code not in TOKEN_ERRORS:
+                    raise
+                self._dead_tokens.add(job.id)
+        return await self._dm(job, reply, part)
 
     async def _dm(self, job: Job, reply: Reply, part: list[ResultFile]) -> int | None:
         try:
             user = await self.client.fetch_user(job.origin.user_id)
-            sent = await user.send(content=f"I couldn't post in <#{job.origin.channel_id}>; here are your results.",
-                                   embed=to_embed(reply.embed) if reply.embed else None, files=to_files(part))
+            sent = await user.send(
+                content=f"I couldn't post in <#{job.origin.channel_id}>; here are your results.",
+                embeds=[to_embed(reply.embed)] if reply.embed else [],
+                files=to_files(part),
+            )
             return sent.id
         except discord.HTTPException as exc:
-            log.warning("job=%s DM fallback failed too (%s %s); results stay in the data dir", job.id, exc.status,
-                        exc.code)
+            log.warning(
+                "job=%s DM fallback failed too (%s %s); results stay in the data dir", job.id, exc.status, exc.code
+            )
             return None
 
 
 def _with_extra(embed: EmbedData, extra: str) -> EmbedData:
-    return EmbedData(title=embed.title, description=f"{embed.description}\n{extra}"[:4096], colour=embed.colour,
-                     fields=embed.fields, footer=embed.footer)
+    return EmbedData(
+        title=embed.title,
+        description=f"{embed.description}\n{extra}"[:4096],
+        colour=embed.colour,
+        fields=embed.fields,
+        footer=embed.footer,
+    )

@@ -84,7 +84,9 @@ def summary_line(job: Job) -> str:
     return f"“{_preview(opts.prompt)}” · {images}{size}{cost}"
 
 
-def status_line(job: Job, *, line_position: int | None = None) -> str:
+def status_line(job: Job, *, line_position: int | None = None, held: str | None = None) -> str:
+    if held is not None and job.state is JobState.WAITING:
+        return f"⏸️ On hold: {held} Your job stays in line until that changes."
     match job.state:
         case JobState.ACCEPTED:
             return "🔎 Checking your image and mask…"
@@ -110,9 +112,9 @@ def status_line(job: Job, *, line_position: int | None = None) -> str:
             return "🚫 Cancelled."
 
 
-def progress_reply(job: Job, *, line_position: int | None = None) -> Reply:
+def progress_reply(job: Job, *, line_position: int | None = None, held: str | None = None) -> Reply:
     """The reply while a job is unfinished, or its text once it failed or was cancelled."""
-    lines = [status_line(job, line_position=line_position), summary_line(job)]
+    lines = [status_line(job, line_position=line_position, held=held), summary_line(job)]
     lines.extend(f"ℹ️ {note}" for note in job.notes)
     content = "\n".join(lines)[:MAX_CONTENT]
     cancellable = job.state in (JobState.WAITING, JobState.SUBMITTING, JobState.QUEUED, JobState.RUNNING)
@@ -134,7 +136,9 @@ def result_reply(job: Job, *, elapsed_s: float, withheld: int, notes: Sequence[s
     extra = list(job.notes) + list(notes)
     if withheld:
         noun = "image was" if withheld == 1 else "images were"
-        extra.append(f"{withheld} {noun} withheld: fal's safety checker flagged it (allowed only in age-restricted channels).")
+        extra.append(
+            f"{withheld} {noun} withheld: fal's safety checker flagged it (allowed only in age-restricted channels)."
+        )
     description = _preview(opts.prompt, 3000)
     if extra:
         description += "\n\n" + "\n".join(f"ℹ️ {note}" for note in extra)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import aiohttp
@@ -55,8 +55,10 @@ class JobRunner:
         notifier: JobNotifier,
         critical: CriticalSections,
         on_slot_free: Callable[[], None],
+        gate: Callable[[Job], Awaitable[str | None]] | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        """``gate`` says why a waiting job may not go to fal right now (a pause, a ban); it then stays waiting."""
         self.settings = settings
         self.store = store
         self.files = files
@@ -65,6 +67,7 @@ class JobRunner:
         self.notifier = notifier
         self.critical = critical
         self.on_slot_free = on_slot_free
+        self.gate = gate
         self.clock = clock
 
     async def run(self, job: Job) -> None:
@@ -128,6 +131,9 @@ class JobRunner:
         )
 
     async def _submit(self, job: Job) -> Job:
+        if self.gate is not None and (reason := await self.gate(job)) is not None:
+            log.info("job=%s held back: %s", job.id, reason)
+            return job  # still waiting; the scheduler leaves it out of the line until the hold ends
         payload = await self._payload(job)
         job = await self._save(job, JobState.SUBMITTING)  # from here on, a crash means "maybe paid"
         await self._show(job)
@@ -144,16 +150,25 @@ class JobRunner:
         job.queue_position = status.queue_position
         job.submitted_at = self.clock()
         job = await self._save(job, JobState.RUNNING if status.status == "IN_PROGRESS" else JobState.QUEUED)
-        log.info("job=%s guild=%s user=%s submitted request=%s", job.id, job.origin.guild_id, job.origin.user_id,
-                 job.request_id)
+        log.info(
+            "job=%s guild=%s user=%s submitted request=%s",
+            job.id,
+            job.origin.guild_id,
+            job.origin.user_id,
+            job.request_id,
+        )
         await self._show(job)
         return job
 
     def _handle(self, job: Job) -> FalHandle:
         assert job.request_id is not None
         if job.status_url and job.response_url and job.cancel_url:
-            return FalHandle(request_id=job.request_id, status_url=job.status_url, response_url=job.response_url,
-                             cancel_url=job.cancel_url)
+            return FalHandle(
+                request_id=job.request_id,
+                status_url=job.status_url,
+                response_url=job.response_url,
+                cancel_url=job.cancel_url,
+            )
         return self.fal.handle_for(job.request_id)
 
     async def _watch(self, job: Job) -> Job:
@@ -173,7 +188,9 @@ class JobRunner:
             except (FalJobError, FalRejectedError):
                 raise
             except UserFacingError as exc:  # transient trouble: the job is still fal's, keep watching
-                if (self.clock() - (job.submitted_at or job.created_at)).total_seconds() > self.settings.fal.job_timeout_s:
+                if (
+                    self.clock() - (job.submitted_at or job.created_at)
+                ).total_seconds() > self.settings.fal.job_timeout_s:
                     raise FalJobError("fal did not finish this job in time.") from exc
                 log.warning("job=%s watch interrupted (%s); retrying", job.id, exc.message)
                 await asyncio.sleep(WATCH_RETRY_S)
@@ -186,17 +203,30 @@ class JobRunner:
         assert job.width is not None and job.height is not None
         for index, image in enumerate(output.images):
             try:
-                raw = await fetch(self.session, image.url, allowed_hosts=self.settings.fal.media_hosts,
-                                  max_bytes=limits.max_output_bytes, timeout_s=limits.download_timeout_s,
-                                  what="result image")
+                raw = await fetch(
+                    self.session,
+                    image.url,
+                    allowed_hosts=self.settings.fal.media_hosts,
+                    max_bytes=limits.max_output_bytes,
+                    timeout_s=limits.download_timeout_s,
+                    what="result image",
+                )
             except DownloadError as exc:
                 raise FalJobError(f"fal finished, but its image could not be downloaded: {exc.message}") from exc
-            final = await asyncio.to_thread(images.finish_output, raw, width=job.width, height=job.height,
-                                            output_format=job.options.output_format, limits=limits)
+            final = await asyncio.to_thread(
+                images.finish_output,
+                raw,
+                width=job.width,
+                height=job.height,
+                output_format=job.options.output_format,
+                limits=limits,
+            )
             name = result_file(job, index)
             await asyncio.to_thread(self.files.write, job.id, name, final)
             names.append(name)
-            megapixels += (image.width or job.sent_width or job.width) * (image.height or job.sent_height or job.height) / 1e6
+            megapixels += (
+                (image.width or job.sent_width or job.width) * (image.height or job.sent_height or job.height) / 1e6
+            )
         if not names:
             raise FalJobError("fal finished but returned no images.")
         job.result_files = names
@@ -223,5 +253,6 @@ class JobRunner:
         job = await self.store.get(job.id) or job  # delivery recorded its progress on the row
         job = await self._save(job, JobState.DONE)
         await self.notifier.forget(job.id)
-        log.info("job=%s guild=%s user=%s delivered %d image(s)", job.id, job.origin.guild_id, job.origin.user_id,
-                 len(files))
+        log.info(
+            "job=%s guild=%s user=%s delivered %d image(s)", job.id, job.origin.guild_id, job.origin.user_id, len(files)
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -57,7 +58,7 @@ class Scheduler:
         *,
         max_concurrent: int,
         load: Callable[[], Awaitable[tuple[list[Job], list[Job]]]],
-        start: Callable[[Job], Awaitable[None]],
+        start: Callable[[Job], Coroutine[Any, Any, None]],
         on_line_changed: Callable[[list[Job]], Awaitable[None]],
     ) -> None:
         """``load`` returns (waiting, at_fal) from the store; ``start`` runs one job to the end."""
@@ -100,7 +101,7 @@ class Scheduler:
             return
         task = asyncio.create_task(self._start(job), name=f"fluxpaint-job-{job.id}")
         self._tasks[job.id] = task
-        task.add_done_callback(lambda t, job_id=job.id: self._done(job_id, t))
+        task.add_done_callback(functools.partial(self._done, job.id))
 
     async def stop_job(self, job_id: str) -> None:
         """Cancel the task of ``job_id`` (after a cancel was decided) and wait until it has let go."""

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 
 from bot import images
+from bot.admin import GuildAdmin
 from bot.config import Settings
 from bot.downloads import DownloadError, fetch
 from bot.errors import InputError, RefusedError, UserFacingError
@@ -24,6 +25,7 @@ from bot.store import JobStore
 
 log = logging.getLogger(__name__)
 
+PRUNE_INTERVAL_S = 3600.0
 RESTARTED_WHILE_CHECKING = "The bot restarted while checking your upload; please run /inpaint again."
 
 
@@ -69,6 +71,7 @@ class JobService:
         self.session = session
         self.notifier = notifier
         self.clock = clock
+        self.admin = GuildAdmin(settings, store, clock, on_ban=self._drop_waiting)
         self.scheduler = Scheduler(
             max_concurrent=settings.fal.max_concurrent,
             load=self._load_line,
@@ -84,9 +87,11 @@ class JobService:
             notifier=notifier,
             critical=self.scheduler.critical,
             on_slot_free=self.scheduler.wake,
+            gate=self.admin.job_refusal,
             clock=clock,
         )
         self._accepting = True
+        self._pruner: asyncio.Task[None] | None = None
 
     # life cycle
 
@@ -104,20 +109,61 @@ class JobService:
                 resumed += 1
         log.info("resumed %d job(s) at fal or in delivery", resumed)
         self.scheduler.begin()
+        self._pruner = asyncio.create_task(self._prune_loop(), name="fluxpaint-prune")
+
+    async def prune(self) -> int:
+        """Delete finished jobs older than ``storage.keep_finished_days`` and their files."""
+        cutoff = self.clock() - timedelta(days=self.settings.storage.keep_finished_days)
+        ids = await self.store.prune(cutoff)
+        for job_id in ids:
+            await asyncio.to_thread(self.files.remove, job_id)
+        if ids:
+            log.info("pruned %d finished job(s)", len(ids))
+        return len(ids)
+
+    async def _prune_loop(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except OSError as exc:
+                log.warning("pruning failed (%s); trying again later", exc)
+            await asyncio.sleep(PRUNE_INTERVAL_S)
 
     async def close(self, grace_s: float = 5.0) -> None:
         """Stop taking jobs; let a submit under way be recorded; everything else resumes at the next start."""
         self._accepting = False
+        if self._pruner is not None:
+            self._pruner.cancel()
         await self.scheduler.close(grace_s)
 
     async def _run(self, job: Job) -> None:
         await self.runner.run(job)
 
     async def _load_line(self) -> tuple[list[Job], list[Job]]:
+        """The waiting line minus jobs an admin holds back (paused guild, banned member), and the jobs at fal."""
         unfinished = await self.store.list_unfinished()
-        waiting = [job for job in unfinished if job.state is JobState.WAITING]
+        waiting: list[Job] = []
+        for job in unfinished:
+            if job.state is not JobState.WAITING:
+                continue
+            reason = await self.admin.job_refusal(job)
+            if reason is None:
+                waiting.append(job)
+            else:
+                await self.notifier.update(job, progress_reply(job, held=reason))
         at_fal = [job for job in unfinished if job.at_fal]
         return waiting, at_fal
+
+    async def _drop_waiting(self, guild_id: int, user_id: int) -> None:
+        """A member was banned: their jobs that fal does not have yet are cancelled, free of charge."""
+        for job in await self.store.list_unfinished():
+            if job.origin.guild_id == guild_id and job.origin.user_id == user_id and job.state is JobState.WAITING:
+                if not self.scheduler.hold(job.id):
+                    continue  # being submitted this very moment: the runner's gate stops it
+                try:
+                    await self._mark_cancelled(job, None, "Cancelled: an admin stopped your use of /inpaint here.")
+                finally:
+                    self.scheduler.release(job.id)
 
     async def _show_line(self, line: list[Job]) -> None:
         for position, job in enumerate(line, start=1):
@@ -138,7 +184,9 @@ class JobService:
     def _effective_options(self, options: InpaintOptions, origin: Origin) -> InpaintOptions:
         limits, safety = self.settings.limits, self.settings.safety
         if len(options.prompt) > limits.max_prompt_chars:
-            raise InputError(f"The prompt is {len(options.prompt)} characters; the limit here is {limits.max_prompt_chars}.")
+            raise InputError(
+                f"The prompt is {len(options.prompt)} characters; the limit here is {limits.max_prompt_chars}."
+            )
         if options.num_images > limits.max_num_images:
             raise InputError(f"num_images is {options.num_images}; this server allows at most {limits.max_num_images}.")
         if options.num_inference_steps > limits.max_num_inference_steps:
@@ -177,22 +225,25 @@ class JobService:
         if not self._accepting:
             raise RefusedError("The bot is restarting; please try again in a minute.")
         self._check_access(origin)
+        await self.admin.check(origin.guild_id, origin.user_id)
         options = self._effective_options(options, origin)
         job = Job(origin=origin, options=options)
         await self.store.create(job)
         log.info("job=%s guild=%s user=%s accepted", job.id, origin.guild_id, origin.user_id)
         try:
             await self._prepare(job, image, mask)
+            exempt = bool(set(self.settings.budgets.exempt_role_ids) & set(origin.role_ids))
+            user_daily, guild_monthly = (None, None) if exempt else await self.admin.budgets(origin.guild_id)
             reason = await self.store.reserve(
                 job,
-                user_daily_usd=self.settings.budgets.user_daily_usd,
-                guild_monthly_usd=self.settings.budgets.guild_monthly_usd,
+                user_daily_usd=user_daily,
+                guild_monthly_usd=guild_monthly,
                 day_start=day_start(self.clock()),
                 month_start=month_start(self.clock()),
                 max_unfinished_per_user=self.settings.limits.max_jobs_per_user,
             )
             if reason is not None:
-                raise RefusedError(await self._refusal_text(reason, job))
+                raise RefusedError(await self._refusal_text(reason, job, user_daily, guild_monthly))
         except UserFacingError as exc:
             job.error = exc.message
             job.state = JobState.FAILED
@@ -219,29 +270,28 @@ class JobService:
             self.settings.fal.price_per_megapixel, prepared.sent_width, prepared.sent_height, job.options.num_images
         )
 
-    async def _refusal_text(self, reason: str, job: Job) -> str:
+    async def _refusal_text(self, reason: str, job: Job, user_daily: float | None, guild_monthly: float | None) -> str:
         now = self.clock()
-        budgets = self.settings.budgets
         if reason == "user_limit":
             return (
                 f"You already have {self.settings.limits.max_jobs_per_user} unfinished jobs; "
                 "wait for one to finish or cancel one."
             )
-        if reason == "user_budget" and budgets.user_daily_usd is not None:
+        if reason == "user_budget" and user_daily is not None:
             spent = await self.store.spend(user_id=job.origin.user_id, since=day_start(now))
-            left = max(budgets.user_daily_usd - spent, 0.0)
+            left = max(user_daily - spent, 0.0)
             resets = int((day_start(now) + timedelta(days=1)).timestamp())
             return (
                 f"This job would cost about {usd(job.cost_estimate_usd)}, but you have {usd(left)} left of your "
-                f"daily {usd(budgets.user_daily_usd)}. Your budget resets <t:{resets}:R>."
+                f"daily {usd(user_daily)}. Your budget resets <t:{resets}:R>."
             )
-        if reason == "guild_budget" and budgets.guild_monthly_usd is not None:
+        if reason == "guild_budget" and guild_monthly is not None:
             spent = await self.store.spend(guild_id=job.origin.guild_id, since=month_start(now))
-            left = max(budgets.guild_monthly_usd - spent, 0.0)
+            left = max(guild_monthly - spent, 0.0)
             resets = int(next_month(now).timestamp())
             return (
                 f"This job would cost about {usd(job.cost_estimate_usd)}, but this server has {usd(left)} left of its "
-                f"monthly {usd(budgets.guild_monthly_usd)}. The budget resets <t:{resets}:R>."
+                f"monthly {usd(guild_monthly)}. The budget resets <t:{resets}:R>."
             )
         return "The job was refused by this server's limits."
 
@@ -266,7 +316,9 @@ class JobService:
         if job.state in (JobState.QUEUED, JobState.RUNNING) and job.request_id:
             outcome = await self.fal.cancel(self.fal.handle_for(job.request_id))
             if outcome == "already_completed":
-                return CancelResult("Too late: fal had already finished this job, so its results will be posted.", False)
+                return CancelResult(
+                    "Too late: fal had already finished this job, so its results will be posted.", False
+                )
             await self.scheduler.stop_job(job.id)
             job = await self.store.get(job_id) or job
             if job.state not in (JobState.QUEUED, JobState.RUNNING):
@@ -282,10 +334,10 @@ class JobService:
             return CancelResult("The job is being sent to fal right now; try again in a moment.", cancelled=False)
         return CancelResult("Too late: the results are already on their way.", cancelled=False)
 
-    async def _mark_cancelled(self, job: Job, user_id: int, note: str) -> CancelResult:
+    async def _mark_cancelled(self, job: Job, user_id: int | None, note: str) -> CancelResult:
         job.cancel_requested_by = user_id
         job.state = JobState.CANCELLED
-        job.notes = [*job.notes, f"Cancelled by <@{user_id}>."]
+        job.notes = [*job.notes, f"Cancelled by <@{user_id}>." if user_id is not None else note]
         await self.store.save(job)
         await self.notifier.update(job, progress_reply(job))
         await self.notifier.forget(job.id)
@@ -298,11 +350,15 @@ class JobService:
         now = self.clock()
         today = await self.store.spend(user_id=user_id, since=day_start(now))
         month = await self.store.spend(user_id=user_id, since=month_start(now))
-        lines = [f"Your spend today: {usd(today)}", f"This month: {usd(month)}"]
-        budgets = self.settings.budgets
-        if budgets.user_daily_usd is not None:
-            lines.append(f"Daily budget: {usd(budgets.user_daily_usd)} ({usd(max(budgets.user_daily_usd - today, 0))} left)")
-        if guild_id is not None and budgets.guild_monthly_usd is not None:
+        unfinished = await self.store.count_unfinished(user_id)
+        lines = [f"Your spend today: {usd(today)}", f"This month: {usd(month)}", f"Unfinished jobs: {unfinished}"]
+        user_daily, guild_monthly = await self.admin.budgets(guild_id)
+        if user_daily is not None:
+            resets = int((day_start(now) + timedelta(days=1)).timestamp())
+            lines.append(
+                f"Daily budget: {usd(user_daily)} ({usd(max(user_daily - today, 0))} left, resets <t:{resets}:R>)"
+            )
+        if guild_id is not None and guild_monthly is not None:
             server = await self.store.spend(guild_id=guild_id, since=month_start(now))
-            lines.append(f"Server this month: {usd(server)} of {usd(budgets.guild_monthly_usd)}")
+            lines.append(f"Server this month: {usd(server)} of {usd(guild_monthly)}")
         return "\n".join(lines)

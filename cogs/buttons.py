@@ -11,7 +11,9 @@ from bot.app import FluxpaintBot
 from bot.progress import CANCEL_PREFIX
 
 
-class CancelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"{CANCEL_PREFIX}(?P<job_id>[0-9a-f]{{32}})"):
+class CancelButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"{CANCEL_PREFIX}(?P<job_id>[0-9a-f]{{32}})"
+):
     def __init__(self, job_id: str) -> None:
         super().__init__(
             discord.ui.Button(label="Cancel", style=discord.ButtonStyle.danger, custom_id=f"{CANCEL_PREFIX}{job_id}")

@@ -34,8 +34,9 @@ def _origin(interaction: discord.Interaction, message_id: int | None) -> Origin:
 
 
 def _upload(attachment: discord.Attachment) -> Upload:
-    return Upload(url=attachment.url, filename=attachment.filename, size=attachment.size,
-                  content_type=attachment.content_type)
+    return Upload(
+        url=attachment.url, filename=attachment.filename, size=attachment.size, content_type=attachment.content_type
+    )
 
 
 class Inpaint(commands.Cog):

@@ -55,7 +55,9 @@ def test_env_wins_over_file_and_prefixed_wins_over_plain(tmp_path: Path, monkeyp
     ],
     ids=["unknown-key", "plain-http", "zero-concurrency", "bad-scheme", "bad-host", "negative-mp"],
 )
-def test_bad_keys_are_named_one_per_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toml: str, expected: str) -> None:
+def test_bad_keys_are_named_one_per_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toml: str, expected: str
+) -> None:
     monkeypatch.setenv("DISCORD_TOKEN", "t")
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, toml))
@@ -84,7 +86,9 @@ def test_terminal_inpaint_needs_only_the_fal_key(tmp_path: Path, monkeypatch: py
         load_settings(tmp_path / "none.toml")
 
 
-def test_check_config_masks_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_masks_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("DISCORD_TOKEN", "discord-secret-token")
     monkeypatch.setenv("FAL_KEY", "fal-secret-key")
     assert main(["--config", str(tmp_path / "none.toml"), "check-config"]) == 0
@@ -93,7 +97,9 @@ def test_check_config_masks_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert '"key": "**********"' in out and "queue.fal.run" in out
 
 
-def test_check_config_reports_every_bad_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_reports_every_bad_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("DISCORD_TOKEN", "t")
     path = write(tmp_path, '[fal]\nkey="k"\ntypo = 1\n[ui]\nmin_edit_interval_s = -2\n')
     assert main(["--config", str(path), "check-config"]) == 2

@@ -51,7 +51,9 @@ async def files_server(aiohttp_server: AiohttpServer) -> tuple[str, list[str]]:
 async def test_fetch_reads_within_cap(files_server: tuple[str, list[str]]) -> None:
     host, seen = files_server
     async with ClientSession() as session:
-        data = await fetch(session, f"http://{host}/small", allowed_hosts=[host], max_bytes=10, timeout_s=5, what="image")
+        data = await fetch(
+            session, f"http://{host}/small", allowed_hosts=[host], max_bytes=10, timeout_s=5, what="image"
+        )
     assert data == b"12345"
     assert seen == [""]
 
@@ -60,11 +62,15 @@ async def test_fetch_stops_at_the_cap_without_content_length(files_server: tuple
     host, _ = files_server
     async with ClientSession() as session:
         with pytest.raises(DownloadTooLargeError, match="larger than the limit"):
-            await fetch(session, f"http://{host}/big", allowed_hosts=[host], max_bytes=10_000, timeout_s=5, what="image")
+            await fetch(
+                session, f"http://{host}/big", allowed_hosts=[host], max_bytes=10_000, timeout_s=5, what="image"
+            )
 
 
 async def test_redirect_off_the_list_is_refused(files_server: tuple[str, list[str]]) -> None:
     host, _ = files_server
     async with ClientSession() as session:
         with pytest.raises(DownloadError, match="host this bot doesn't download from"):
-            await fetch(session, f"http://{host}/redirect", allowed_hosts=[host], max_bytes=100, timeout_s=5, what="image")
+            await fetch(
+                session, f"http://{host}/redirect", allowed_hosts=[host], max_bytes=100, timeout_s=5, what="image"
+            )

@@ -8,10 +8,22 @@ from bot.progress import ResultFile, progress_reply, result_reply
 
 
 def make_job(**changes: object) -> Job:
-    origin = Origin(user_id=7, guild_id=1, channel_id=2, application_id=3, interaction_id=4,
-                    interaction_token="secret-token", token_expires_at=datetime.now(UTC) + timedelta(minutes=15))  # type: ignore[arg-type]
-    job = Job(origin=origin, options=InpaintOptions(prompt="a red hat", num_images=2, seed=5), width=600, height=400,
-              cost_estimate_usd=0.0168)
+    origin = Origin(
+        user_id=7,
+        guild_id=1,
+        channel_id=2,
+        application_id=3,
+        interaction_id=4,
+        interaction_token="secret-token",
+        token_expires_at=datetime.now(UTC) + timedelta(minutes=15),
+    )  # type: ignore[arg-type]
+    job = Job(
+        origin=origin,
+        options=InpaintOptions(prompt="a red hat", num_images=2, seed=5),
+        width=600,
+        height=400,
+        cost_estimate_usd=0.0168,
+    )
     for key, value in changes.items():
         setattr(job, key, value)
     return job
@@ -48,8 +60,15 @@ def test_result_embed_lists_everything_needed_to_reproduce() -> None:
     reply = result_reply(job, elapsed_s=41.6, withheld=1)
     assert reply.embed is not None
     fields = dict(reply.embed.fields)
-    assert fields == {"Seed": "5", "Strength": "0.85", "Steps": "28", "Guidance": "3.5", "Size": "600×400",
-                      "Time": "42 s", "Est. cost": "$0.017"}
+    assert fields == {
+        "Seed": "5",
+        "Strength": "0.85",
+        "Steps": "28",
+        "Guidance": "3.5",
+        "Size": "600×400",
+        "Time": "42 s",
+        "Est. cost": "$0.017",
+    }
     assert "withheld" in reply.embed.description
     assert "secret-token" not in repr(job)
 

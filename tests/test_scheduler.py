@@ -11,9 +11,18 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def job(user: int, minute: int, state: JobState = JobState.WAITING) -> Job:
-    origin = Origin(user_id=user, guild_id=1, channel_id=2, application_id=3, interaction_id=minute,
-                    interaction_token="tok", token_expires_at=T0 + timedelta(minutes=15))  # type: ignore[arg-type]
-    return Job(origin=origin, options=InpaintOptions(prompt="p"), state=state, created_at=T0 + timedelta(minutes=minute))
+    origin = Origin(
+        user_id=user,
+        guild_id=1,
+        channel_id=2,
+        application_id=3,
+        interaction_id=minute,
+        interaction_token="tok",
+        token_expires_at=T0 + timedelta(minutes=15),
+    )  # type: ignore[arg-type]
+    return Job(
+        origin=origin, options=InpaintOptions(prompt="p"), state=state, created_at=T0 + timedelta(minutes=minute)
+    )
 
 
 @pytest.mark.parametrize(
@@ -26,7 +35,9 @@ def job(user: int, minute: int, state: JobState = JobState.WAITING) -> Job:
     ],
     ids=["hog-does-not-block", "alternates", "active-user-goes-later", "empty"],
 )
-def test_fair_order_is_round_robin(jobs: list[tuple[int, int]], active: dict[int, int], expected_users: list[int]) -> None:
+def test_fair_order_is_round_robin(
+    jobs: list[tuple[int, int]], active: dict[int, int], expected_users: list[int]
+) -> None:
     order = fair_order([job(u, m) for u, m in jobs], Counter(active))
     assert [j.origin.user_id for j in order] == expected_users
 

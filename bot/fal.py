@@ -1,0 +1,705 @@
+"""fal queue client (submit, status, watch, result, cancel, upload); sends the key to configured hosts only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bot.config import FalSettings, is_loopback
+from bot.errors import UserFacingError
+
+log = logging.getLogger(__name__)
+
+RETRY_BASE_S = 0.5
+RETRY_CAP_S = 30.0
+RETRY_AFTER_MAX_S = 120.0
+POLL_GROWTH = 1.5
+STREAM_IDLE_MIN_S = 45.0  # fal sends a keep-alive comment every 15 s
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+MAX_DETAIL_CHARS = 300
+
+Status = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+CancelOutcome = Literal["cancelled", "already_completed", "not_found"]
+"""``cancelled``: fal accepted the cancel (202 CANCELLATION_REQUESTED); a running job may still finish and bill."""
+
+
+# errors
+
+
+class FalError(UserFacingError):
+    """Base of this module's errors; ``str()`` never holds the key or a URL with a token."""
+
+
+class FalTransientError(FalError):
+    """Network trouble, timeouts, 429 or 5xx after the retries: may succeed later; a job at fal may still be alive."""
+
+
+class FalRejectedError(FalError):
+    """fal refused the request (4xx, a refused key): retrying the same request cannot help."""
+
+
+class FalSubmitUnknownError(FalError):
+    """The job was sent but never answered: it may run and be billed, so it is never sent again."""
+
+
+class FalJobError(FalError):
+    """fal ended the job with an error, or no longer has its result."""
+
+
+# wire models
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # proxies add fields
+
+
+class LoraWeight(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str
+    scale: float = 1.0
+
+
+class InpaintInput(BaseModel):
+    """The body of a ``fal-ai/flux-lora/inpainting`` submit; ranges are checked before (and by fal)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str
+    image_url: str
+    mask_url: str
+    strength: float = 0.85
+    num_inference_steps: int = 28
+    guidance_scale: float = 3.5
+    num_images: int = 1
+    seed: int | None = None
+    enable_safety_checker: bool = True
+    output_format: Literal["jpeg", "png"] = "jpeg"
+    loras: list[LoraWeight] = Field(default_factory=list)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON body: no ``seed`` when random, no ``loras`` when empty (proxies do not list the field)."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        if not self.loras:
+            del data["loras"]
+        return data
+
+
+class FalHandle(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    request_id: str
+    status_url: str
+    response_url: str
+    cancel_url: str
+
+
+class QueueStatus(_Answer):
+    status: Status
+    queue_position: int | None = None  # requests ahead of this one, only while IN_QUEUE
+    error: str | None = None  # COMPLETED with an error: the job failed or was cancelled
+    error_type: str | None = None
+
+    @property
+    def progress(self) -> tuple[str, int | None]:
+        """What a member would see change: the status, and the position while queued."""
+        return self.status, self.queue_position if self.status == "IN_QUEUE" else None
+
+
+class FalImage(_Answer):
+    url: str
+    width: int | None = None
+    height: int | None = None
+    content_type: str | None = None
+
+
+class InpaintOutput(_Answer):
+    images: list[FalImage]
+    seed: int | None = None
+    has_nsfw_concepts: list[bool] = Field(default_factory=list)
+    prompt: str | None = None
+
+
+class _Submitted(_Answer):
+    request_id: str = Field(min_length=1, max_length=200)
+    status: Status = "IN_QUEUE"
+    queue_position: int | None = None
+    status_url: str | None = None
+
+
+class _CancelAnswer(_Answer):
+    status: str | None = None
+    success: bool | None = None
+
+
+class _UploadSlot(_Answer):
+    upload_url: str
+    file_url: str
+
+
+# pure decisions
+
+
+def retry_delay(attempt: int, *, base: float, cap: float, rand: float, retry_after: float | None = None) -> float:
+    """Seconds before retry ``attempt`` (0 = the first): full jitter under ``min(cap, base·2^attempt)``.
+
+    A server's ``Retry-After`` wins, clamped to ``[0, RETRY_AFTER_MAX_S]``.
+    """
+    if retry_after is not None:
+        return min(max(retry_after, 0.0), RETRY_AFTER_MAX_S)
+    ceiling = min(cap, base * 2.0 ** min(max(attempt, 0), 60))
+    return ceiling * min(max(rand, 0.0), 1.0)
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds (delta-seconds or an HTTP date); ``None`` when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+
+
+def describe_detail(body: object) -> str | None:
+    """fal's ``detail`` (a list of ``{loc, msg}`` or a string) as one sentence; never echoes ``input``."""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str):
+        return detail or None
+    if not isinstance(detail, list):
+        return None
+    parts = []
+    for item in detail:
+        if not isinstance(item, dict):
+            continue
+        loc = [str(p) for p in item.get("loc") or [] if p != "body"]
+        msg = str(item.get("msg") or item.get("type") or "invalid")
+        parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
+    return "; ".join(parts) or None
+
+
+_URL = re.compile(r"\b(?:https?|data):\S+", re.IGNORECASE)
+
+
+def _no_retry_header(headers: Mapping[str, str]) -> bool:
+    for name in ("X-Fal-Retryable", "X-Fal-Needs-Retry"):
+        if headers.get(name, "").strip().lower() in ("0", "false", "no"):
+            return True
+    return headers.get("X-Fal-Request-Timeout-Type", "").lower() == "user"  # start_timeout expired: never retry
+
+
+# transport
+
+
+class _AnswerTooLargeError(aiohttp.ClientPayloadError):
+    pass
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def data(self) -> object:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+    def is_model_answer(self) -> bool:
+        """A stored answer from fal's runner (error type or validation list), not a passing gateway hiccup."""
+        data = self.data()
+        return "X-Fal-Error-Type" in self.headers or (
+            isinstance(data, dict) and ("error_type" in data or isinstance(data.get("detail"), list))
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, URL-free name for a transport failure."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "could not connect"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        return "the connection was dropped"
+    if isinstance(exc, _AnswerTooLargeError):
+        return "the answer was too large"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the answer was cut off"
+    return type(exc).__name__
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise _AnswerTooLargeError("answer too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _sse_data(content: aiohttp.StreamReader) -> AsyncIterator[str]:
+    """The ``data`` of each server-sent event; comment lines (fal's keep-alives) are skipped."""
+    lines: list[str] = []
+    async for raw in content:
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if not line:
+            if lines:
+                yield "\n".join(lines)
+                lines = []
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            if name == "data":
+                lines.append(value.removeprefix(" "))
+    if lines:
+        yield "\n".join(lines)
+
+
+# the client
+
+
+class FalQueueClient:
+    """fal's queue REST API over the caller's aiohttp session; every URL is built from the configured base."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: FalSettings,
+        *,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._session = session
+        self._settings = settings
+        self._sleep = sleep
+        self._rand = rand
+        self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s, connect=settings.connect_timeout_s)
+
+    def __repr__(self) -> str:
+        return f"FalQueueClient(base_url={self._settings.base_url!r}, endpoint={self._settings.endpoint!r})"
+
+    def handle_for(self, request_id: str) -> FalHandle:
+        """The request's URLs on the configured base: ``{base}/{owner}/{app}/requests/{id}[/status|/cancel]``."""
+        root = f"{self._settings.base_url}/{self._settings.app_id}/requests/{quote(request_id, safe='')}"
+        return FalHandle(
+            request_id=request_id, status_url=f"{root}/status", response_url=root, cancel_url=f"{root}/cancel"
+        )
+
+    def _own(self, handle: FalHandle) -> FalHandle:
+        """``handle`` if all its URLs sit under the configured base, else the same request rebuilt there."""
+        prefix = f"{self._settings.base_url}/"
+        if all(url.startswith(prefix) for url in (handle.status_url, handle.response_url, handle.cancel_url)):
+            return handle
+        log.warning("request=%s had URLs off the configured fal base; rebuilt them", handle.request_id)
+        return self.handle_for(handle.request_id)
+
+    def _safe(self, text: str) -> str:
+        """Text from fal made fit for members: no key, no URLs, one line, bounded."""
+        text = text.replace(self._settings.key.get_secret_value(), "[redacted]")
+        text = " ".join(_URL.sub("(a link)", text).split())
+        return text if len(text) <= MAX_DETAIL_CHARS else text[: MAX_DETAIL_CHARS - 1] + "…"
+
+    def _detail(self, reply: _Reply) -> str:
+        detail = describe_detail(reply.data())
+        return self._safe(detail) if detail else f"HTTP {reply.status}"
+
+    def _key_refused(self, reply: _Reply) -> FalRejectedError:
+        return FalRejectedError(
+            f"fal refused this bot's API key ({self._detail(reply)}); "
+            "the bot's owner needs to check fal.key and fal.auth_scheme."
+        )
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        client_timeout: aiohttp.ClientTimeout,
+        json_body: object = None,
+        data: bytes | None = None,
+        content_type: str | None = None,
+        auth: bool = True,
+        params: Mapping[str, str] | None = None,
+    ) -> _Reply:
+        headers = {"Accept": "application/json"}
+        if auth:
+            headers["Authorization"] = f"{self._settings.auth_scheme} {self._settings.key.get_secret_value()}"
+        if content_type:
+            headers["Content-Type"] = content_type
+        async with self._session.request(
+            method,
+            url,
+            json=json_body,
+            data=data,
+            headers=headers,
+            params=params,
+            timeout=client_timeout,
+            allow_redirects=False,  # a redirect could carry the key to another host
+        ) as resp:
+            return _Reply(resp.status, resp.headers, await _read_capped(resp, MAX_ANSWER_BYTES))
+
+    async def _backoff(self, attempt: int, what: str, problem: str, retry_after: float | None) -> None:
+        delay = retry_delay(attempt, base=RETRY_BASE_S, cap=RETRY_CAP_S, rand=self._rand(), retry_after=retry_after)
+        log.warning(
+            "fal %s: %s; retry %d of %d in %.1f s", what, problem, attempt + 1, self._settings.max_retries, delay
+        )
+        await self._sleep(delay)
+
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        final_5xx: bool = False,
+        json_body: object = None,
+        data: bytes | None = None,
+        content_type: str | None = None,
+        auth: bool = True,
+        params: Mapping[str, str] | None = None,
+    ) -> _Reply:
+        """An idempotent request, retried on transport errors, 408, 429 and 5xx; returns the first other answer.
+
+        With ``final_5xx`` a 5xx that fal's runner stored as the job's answer is returned, not retried.
+
+        Raises:
+            FalTransientError: still failing after ``max_retries`` retries.
+        """
+        problem = "no answer"
+        for attempt in range(self._settings.max_retries + 1):
+            retry_after = None
+            try:
+                reply = await self._send(
+                    method,
+                    url,
+                    client_timeout=self._timeout,
+                    json_body=json_body,
+                    data=data,
+                    content_type=content_type,
+                    auth=auth,
+                    params=params,
+                )
+            except aiohttp.ClientSSLError as exc:
+                raise FalTransientError("fal's TLS certificate was not accepted.") from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                problem = _describe(exc)
+            else:
+                retryable = reply.status in (408, 429) or (
+                    reply.status >= 500 and not (final_5xx and reply.is_model_answer())
+                )
+                if not retryable or _no_retry_header(reply.headers):
+                    return reply
+                problem = f"HTTP {reply.status}"
+                retry_after = parse_retry_after(reply.headers.get("Retry-After"))
+            if attempt < self._settings.max_retries:
+                await self._backoff(attempt, what, problem, retry_after)
+        raise FalTransientError(f"fal could not be reached while {what} ({problem}); it may work again in a minute.")
+
+    # submit
+
+    async def submit(self, payload: InpaintInput) -> tuple[FalHandle, QueueStatus]:
+        """Send the job once; retried only when it certainly did not reach fal (no connection, 429, 503).
+
+        Raises:
+            FalSubmitUnknownError: sent but unanswered (timeout, dropped connection, unreadable answer).
+            FalRejectedError: a 4xx, such as a 422 validation list or a refused key.
+            FalTransientError: fal could not be reached or did not accept the job; nothing was sent.
+        """
+        url = f"{self._settings.base_url}/{self._settings.endpoint}"
+        body = payload.to_wire()
+        timeout = aiohttp.ClientTimeout(total=self._settings.submit_timeout_s, connect=self._settings.connect_timeout_s)
+        problem = "no answer"
+        for attempt in range(self._settings.max_retries + 1):
+            retry_after = None
+            try:
+                reply = await self._send("POST", url, json_body=body, client_timeout=timeout)
+            except aiohttp.ClientSSLError as exc:
+                raise FalTransientError("fal's TLS certificate was not accepted, so the job was not sent.") from exc
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                problem = _describe(exc)  # no connection: not a byte of the job left this machine
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # a read timeout or a dropped connection after sending may already be a paid job
+                log.error("fal submit unanswered (%s); not re-sent", _describe(exc))
+                raise FalSubmitUnknownError(
+                    "fal did not answer when the job was sent, so it may still run and be billed; "
+                    "it was not sent again."
+                ) from exc
+            else:
+                # a 429, or a 503 that names no request, means fal did not take the job
+                if not (reply.status == 429 or (reply.status == 503 and "x-fal-request-id" not in reply.headers)):
+                    return self._submitted(reply)
+                if _no_retry_header(reply.headers):
+                    break
+                problem = f"HTTP {reply.status}"
+                retry_after = parse_retry_after(reply.headers.get("Retry-After"))
+            if attempt < self._settings.max_retries:
+                await self._backoff(attempt, "submit", problem, retry_after)
+        raise FalTransientError(
+            f"fal did not accept the job ({problem}), so nothing was sent or charged; "
+            "please try again in a few minutes."
+        )
+
+    def _submitted(self, reply: _Reply) -> tuple[FalHandle, QueueStatus]:
+        if reply.ok:
+            try:
+                answer = _Submitted.model_validate_json(reply.body)
+            except ValidationError as exc:
+                log.error("fal submit answer unreadable; not re-sent")
+                raise FalSubmitUnknownError(
+                    "fal's answer to the job could not be read, so the bot cannot follow it; "
+                    "it may still run and be billed."
+                ) from exc
+            if answer.status_url and not answer.status_url.startswith(f"{self._settings.base_url}/"):
+                log.info(
+                    "request=%s: fal answered with URLs on %s; using the configured base",
+                    answer.request_id,
+                    urlsplit(answer.status_url).hostname,
+                )
+            position = answer.queue_position if answer.status == "IN_QUEUE" else None
+            return self.handle_for(answer.request_id), QueueStatus(status=answer.status, queue_position=position)
+        if reply.status in (401, 403):
+            raise self._key_refused(reply)
+        if 300 <= reply.status < 500:
+            raise FalRejectedError(f"fal rejected the request: {self._detail(reply)}")
+        if reply.status in (502, 504):  # a gateway gave up: the job behind it may have been taken
+            log.error("fal submit answered HTTP %s; not re-sent", reply.status)
+            raise FalSubmitUnknownError(
+                f"fal's gateway failed (HTTP {reply.status}) after the job was sent, so it may still run and be "
+                "billed; it was not sent again."
+            )
+        raise FalTransientError(
+            f"fal could not accept the job (HTTP {reply.status}); nothing was charged. Please try again in a minute."
+        )
+
+    # follow
+
+    async def status(self, handle: FalHandle, *, logs: bool = False) -> QueueStatus:
+        """One status check (fal answers 202 while waiting, 200 once COMPLETED).
+
+        Raises:
+            FalJobError: fal does not know the request (404).
+            FalRejectedError: the key was refused, or the route is refused (4xx).
+            FalTransientError: unreachable or unreadable after the retries.
+        """
+        handle = self._own(handle)
+        reply = await self._call(
+            "GET", handle.status_url, what="checking the job's status", params={"logs": "1"} if logs else None
+        )
+        if reply.status == 404:
+            raise FalJobError("fal no longer knows this job; it may have expired.")
+        if reply.status in (401, 403):
+            raise self._key_refused(reply)
+        if not reply.ok:
+            raise FalRejectedError(f"fal refused the status check ({self._detail(reply)}).")
+        try:
+            return QueueStatus.model_validate_json(reply.body)
+        except ValidationError as exc:
+            raise FalTransientError("fal sent a status this bot could not read.") from exc
+
+    async def watch(self, handle: FalHandle) -> AsyncIterator[QueueStatus]:
+        """Statuses as they change, ending with COMPLETED: the SSE stream, or polling when it is off or fails.
+
+        Raises:
+            FalJobError: fal completed the job with an error.
+            FalTransientError, FalRejectedError: as ``status``.
+        """
+        handle = self._own(handle)
+        last: tuple[str, int | None] | None = None
+        completed: QueueStatus | None = None
+        if self._settings.status_mode == "stream":
+            async with contextlib.aclosing(self._stream(handle)) as events:
+                async for status in events:
+                    if status.status == "COMPLETED":
+                        completed = status
+                        break
+                    if status.progress != last:
+                        last = status.progress
+                        yield status
+        interval = self._settings.poll_interval_s
+        while completed is None:
+            status = await self.status(handle)
+            if status.status == "COMPLETED":
+                completed = status
+            elif status.progress != last:
+                last = status.progress
+                interval = self._settings.poll_interval_s
+                yield status
+                await self._sleep(interval)
+            else:
+                interval = min(interval * POLL_GROWTH, self._settings.max_poll_interval_s)
+                await self._sleep(interval)
+        if completed.error is not None or completed.error_type is not None:
+            raise await self._failure(handle, completed)
+        yield completed
+
+    async def _stream(self, handle: FalHandle) -> AsyncGenerator[QueueStatus]:
+        """Statuses from ``{status_url}/stream``; ends quietly when the stream is refused, drops or goes bad."""
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self._settings.connect_timeout_s,
+            sock_read=max(self._settings.request_timeout_s, STREAM_IDLE_MIN_S),
+        )
+        headers = {
+            "Accept": "text/event-stream",
+            "Authorization": f"{self._settings.auth_scheme} {self._settings.key.get_secret_value()}",
+        }
+        try:
+            async with self._session.get(
+                f"{handle.status_url}/stream", headers=headers, timeout=timeout, allow_redirects=False
+            ) as resp:
+                if resp.status != 200:
+                    log.info("request=%s: status stream refused (HTTP %s); polling", handle.request_id, resp.status)
+                    return
+                async for data in _sse_data(resp.content):
+                    try:
+                        status = QueueStatus.model_validate_json(data)
+                    except ValidationError:
+                        log.warning("request=%s: unreadable status event; polling", handle.request_id)
+                        return
+                    yield status
+                    if status.status == "COMPLETED":
+                        return
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("request=%s: status stream failed (%s); polling", handle.request_id, _describe(exc))
+            return
+        log.info("request=%s: status stream ended early; polling", handle.request_id)
+
+    async def _failure(self, handle: FalHandle, completed: QueueStatus) -> FalError:
+        """The reason for a COMPLETED-with-error: the result call carries fal's detail, the status a summary."""
+        try:
+            await self.result(handle)
+        except (FalJobError, FalRejectedError) as exc:
+            return FalJobError(exc.message)
+        except FalTransientError:
+            pass
+        reason = self._safe(completed.error or completed.error_type or "no reason given")
+        return FalJobError(f"fal could not finish this job: {reason}")
+
+    async def result(self, handle: FalHandle) -> InpaintOutput:
+        """The output of a COMPLETED job; fetch it promptly, fal keeps it for a limited time.
+
+        Raises:
+            FalJobError: the job failed (422, a runner error), was cancelled, or its result is gone.
+            FalRejectedError: the key was refused.
+            FalTransientError: unreachable after the retries.
+        """
+        handle = self._own(handle)
+        reply = await self._call("GET", handle.response_url, what="fetching the result", final_5xx=True)
+        if reply.ok:
+            try:
+                return InpaintOutput.model_validate_json(reply.body)
+            except ValidationError as exc:
+                raise FalJobError("fal returned a result this bot cannot read.") from exc
+        detail = self._detail(reply)
+        data = reply.data()
+        error_type = (data.get("error_type") if isinstance(data, dict) else None) or reply.headers.get(
+            "X-Fal-Error-Type"
+        )
+        if reply.status in (401, 403):
+            raise self._key_refused(reply)
+        if reply.status in (404, 410):
+            raise FalJobError(
+                "fal no longer has this job's result: fal keeps results only for a short time after a job ends."
+            )
+        if reply.status == 400 and "in progress" in detail.lower():
+            raise FalTransientError("fal has not finished this job yet.")
+        if reply.status == 499 or error_type in ("client_cancelled", "client_disconnected"):
+            raise FalJobError("The job was cancelled at fal.")
+        if reply.status == 422:
+            raise FalJobError(f"fal rejected the input: {detail}")
+        if reply.status >= 500:
+            raise FalJobError(f"fal could not run this job ({error_type or f'HTTP {reply.status}'}): {detail}")
+        raise FalJobError(f"fal could not run this job: {detail}")
+
+    async def cancel(self, handle: FalHandle) -> CancelOutcome:
+        """Ask fal to cancel; best effort: a running job may still finish and bill.
+
+        Raises:
+            FalRejectedError: the key or the route was refused.
+            FalTransientError: unreachable after the retries.
+        """
+        handle = self._own(handle)
+        reply = await self._call("PUT", handle.cancel_url, what="cancelling the job")
+        try:
+            answer = _CancelAnswer.model_validate_json(reply.body)
+        except ValidationError:
+            answer = _CancelAnswer()
+        said = (answer.status or "").upper()
+        if reply.ok:
+            if said == "ALREADY_COMPLETED" or answer.success is False:
+                return "already_completed"
+            return "not_found" if said == "NOT_FOUND" else "cancelled"
+        if reply.status == 400:
+            return "already_completed"
+        if reply.status == 404:
+            return "not_found"
+        if reply.status in (401, 403):
+            raise self._key_refused(reply)
+        raise FalRejectedError(f"fal did not accept the cancel request ({self._detail(reply)}).")
+
+    # storage
+
+    async def upload(self, data: bytes, content_type: str, filename: str) -> str:
+        """Put ``data`` on fal's CDN (initiate at ``rest_base_url``, then an unauthenticated PUT); returns its URL.
+
+        Raises:
+            FalRejectedError: refused, or a proxy key would go to another host.
+            FalTransientError: unreachable after the retries, or an unusable answer.
+        """
+        settings = self._settings
+        if (
+            settings.auth_scheme == "Bearer"
+            and urlsplit(settings.rest_base_url).netloc != urlsplit(settings.base_url).netloc
+        ):
+            raise FalRejectedError("Uploads need a direct fal key; turn off fal.upload_inputs when using a proxy.")
+        reply = await self._call(
+            "POST",
+            f"{settings.rest_base_url}/storage/upload/initiate?storage_type=fal-cdn-v3",
+            what="preparing an upload",
+            json_body={"content_type": content_type, "file_name": filename},
+        )
+        if reply.status in (401, 403):
+            raise self._key_refused(reply)
+        if not reply.ok:
+            raise FalRejectedError(f"fal refused the upload ({self._detail(reply)}).")
+        try:
+            slot = _UploadSlot.model_validate_json(reply.body)
+        except ValidationError as exc:
+            raise FalTransientError("fal's upload answer could not be read.") from exc
+        target = urlsplit(slot.upload_url)
+        if not (target.scheme == "https" or (target.scheme == "http" and is_loopback(target.hostname))):
+            raise FalTransientError("fal offered an upload address this bot does not use.")
+        reply = await self._call(
+            "PUT", slot.upload_url, what="uploading an image", data=data, content_type=content_type, auth=False
+        )
+        if not reply.ok:
+            raise FalTransientError(f"fal's storage refused the upload (HTTP {reply.status}).")
+        return slot.file_url

@@ -1,0 +1,595 @@
+"""JobStore over aiosqlite: jobs, budgets, bans and the admin log; the only module with SQL, and it logs no job data."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import aiosqlite
+import pydantic
+from pydantic import BaseModel, ConfigDict
+
+from bot.models import FINISHED_STATES, Job, JobState, utcnow
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 10_000
+USD_EPSILON = 1e-9  # a budget that fits exactly must pass despite float rounding
+
+UNFINISHED_STATES: Final = tuple(s for s in JobState if s not in FINISHED_STATES)
+IN_FLIGHT_STATES: Final = (
+    JobState.WAITING,
+    JobState.SUBMITTING,
+    JobState.QUEUED,
+    JobState.RUNNING,
+    JobState.FETCHED,
+    JobState.DELIVERING,
+)
+AT_FAL_STATES: Final = (JobState.SUBMITTING, JobState.QUEUED, JobState.RUNNING)
+
+# Applied in order, each in one transaction; PRAGMA user_version is the number applied. Never edit a shipped one.
+MIGRATIONS: Final[tuple[str, ...]] = (
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        user_id INTEGER NOT NULL,
+        guild_id INTEGER,
+        channel_id INTEGER NOT NULL,
+        created_at TEXT NOT NULL,  -- UTC ISO 8601 with microseconds, so text order is time order
+        updated_at TEXT NOT NULL,
+        request_id TEXT,
+        cost_estimate_usd REAL NOT NULL DEFAULT 0,
+        cost_usd REAL,
+        data TEXT NOT NULL CHECK (json_valid(data))  -- the whole Job, interaction token included
+    );
+    CREATE INDEX jobs_request_id ON jobs (request_id);
+    CREATE INDEX jobs_state_created ON jobs (state, created_at);
+    CREATE INDEX jobs_user_created ON jobs (user_id, created_at);
+    CREATE INDEX jobs_guild_created ON jobs (guild_id, created_at);
+    CREATE INDEX jobs_updated ON jobs (updated_at);
+
+    CREATE TABLE guild_settings (
+        guild_id INTEGER PRIMARY KEY,
+        paused INTEGER NOT NULL DEFAULT 0,
+        user_daily_set INTEGER NOT NULL DEFAULT 0,  -- 0: the config default applies
+        user_daily_usd REAL,  -- when set: NULL means no limit
+        guild_monthly_set INTEGER NOT NULL DEFAULT 0,
+        guild_monthly_usd REAL,
+        updated_at TEXT NOT NULL
+    );
+
+    CREATE TABLE guild_bans (
+        guild_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        banned_by INTEGER NOT NULL,
+        reason TEXT,
+        banned_at TEXT NOT NULL,
+        PRIMARY KEY (guild_id, user_id)
+    );
+
+    CREATE TABLE admin_log (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        guild_id INTEGER NOT NULL,
+        actor_id INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX admin_log_guild ON admin_log (guild_id, id);
+    """,
+)
+
+_JOB_COLUMNS = (
+    "id, state, user_id, guild_id, channel_id, created_at, updated_at, request_id, cost_estimate_usd, cost_usd, data"
+)
+_UPSERT_JOB = (
+    f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET state = excluded.state, user_id = excluded.user_id, "
+    "guild_id = excluded.guild_id, channel_id = excluded.channel_id, created_at = excluded.created_at, "
+    "updated_at = excluded.updated_at, request_id = excluded.request_id, "
+    "cost_estimate_usd = excluded.cost_estimate_usd, cost_usd = excluded.cost_usd, data = excluded.data"
+)
+
+
+def _in(states: Iterable[JobState]) -> str:
+    return "(" + ", ".join(f"'{s.value}'" for s in states) + ")"  # enum values only, never caller input
+
+
+# What a job has committed: its actual cost once known, else its estimate while it may still be charged.
+_COST = f"COALESCE(cost_usd, CASE WHEN state IN {_in(IN_FLIGHT_STATES)} THEN cost_estimate_usd ELSE 0 END)"
+
+
+class StoreError(Exception):
+    """The database cannot be used by this version of the bot."""
+
+
+class BudgetChange(Enum):
+    """Sentinels for ``JobStore.set_budgets``: keep the stored budget, or go back to the config default."""
+
+    UNCHANGED = "unchanged"
+    DEFAULT = "default"
+
+
+UNCHANGED: Final = BudgetChange.UNCHANGED
+DEFAULT: Final = BudgetChange.DEFAULT
+
+
+class GuildSettings(BaseModel):
+    """One guild's admin state.
+
+    A budget is the config default unless its ``*_set`` flag is true; then ``*_usd`` is the guild's own budget,
+    where ``None`` means no limit and ``0`` stops spending. Use ``user_daily``/``guild_monthly`` to resolve.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    guild_id: int
+    paused: bool = False
+    user_daily_set: bool = False
+    user_daily_usd: float | None = None
+    guild_monthly_set: bool = False
+    guild_monthly_usd: float | None = None
+
+    def user_daily(self, default: float | None) -> float | None:
+        """The per-member daily budget in force (``None``: no limit), given the config default."""
+        return self.user_daily_usd if self.user_daily_set else default
+
+    def guild_monthly(self, default: float | None) -> float | None:
+        """The guild's monthly budget in force (``None``: no limit), given the config default."""
+        return self.guild_monthly_usd if self.guild_monthly_set else default
+
+
+class UsageRow(BaseModel):
+    """One member's line in the admin usage report."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user_id: int
+    jobs: int
+    images: int
+    spent_usd: float
+
+
+class AdminLogEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    at: datetime
+    guild_id: int
+    actor_id: int
+    action: str
+    detail: str | None = None
+
+
+def _ts(moment: datetime) -> str:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("datetimes given to the store must be timezone-aware")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _from_ts(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _dump(job: Job) -> str:
+    data = job.model_dump(mode="json")
+    data["origin"]["interaction_token"] = job.origin.interaction_token.get_secret_value()  # dumps as ***** otherwise
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _row(job: Job) -> tuple[Any, ...]:
+    o = job.origin
+    return (
+        job.id,
+        job.state.value,
+        o.user_id,
+        o.guild_id,
+        o.channel_id,
+        _ts(job.created_at),
+        _ts(job.updated_at),
+        job.request_id,
+        job.cost_estimate_usd,
+        job.cost_usd,
+        _dump(job),
+    )
+
+
+def _load(job_id: str, data: str) -> Job | None:
+    try:
+        return Job.model_validate_json(data)
+    except pydantic.ValidationError as exc:  # str(exc) would quote the row, token included
+        log.error("job=%s stored row is unreadable (%d validation errors); skipped", job_id, exc.error_count())
+        return None
+
+
+def _budget_text(is_set: bool, usd: float | None) -> str:
+    if not is_set:
+        return "default"
+    return "no limit" if usd is None else f"{usd:.2f} USD"
+
+
+def _with_budget(s: GuildSettings, which: str, change: float | BudgetChange | None) -> GuildSettings:
+    if change is BudgetChange.UNCHANGED:
+        return s
+    if change is BudgetChange.DEFAULT:
+        return s.model_copy(update={f"{which}_set": False, f"{which}_usd": None})
+    usd = None if isinstance(change, BudgetChange) or change is None else float(change)
+    return s.model_copy(update={f"{which}_set": True, f"{which}_usd": usd})
+
+
+def _budget_texts(s: GuildSettings) -> dict[str, str]:
+    return {
+        "member daily": _budget_text(s.user_daily_set, s.user_daily_usd),
+        "server monthly": _budget_text(s.guild_monthly_set, s.guild_monthly_usd),
+    }
+
+
+def _check_budget(value: float | BudgetChange | None) -> None:
+    if isinstance(value, float | int) and (not math.isfinite(value) or value < 0):
+        raise ValueError("a budget is a finite amount of USD, at least 0")
+
+
+class JobStore:
+    """One aiosqlite connection; writes are serialised by a lock and run in explicit transactions."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path, clock: Callable[[], datetime]) -> None:
+        self._db = db
+        self.path = path
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"JobStore({str(self.path)!r})"
+
+    # life cycle
+
+    @classmethod
+    async def open(cls, path: Path, *, clock: Callable[[], datetime] = utcnow) -> JobStore:
+        """Open (creating if needed) and migrate the database at ``path``.
+
+        Raises:
+            StoreError: the file was written by a newer version of the bot.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)  # autocommit: transactions are explicit
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            await _migrate(db)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, path, clock)
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._db.close()
+
+    async def __aenter__(self) -> JobStore:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        # One connection is shared, so a second writer must not interleave its statements with ours.
+        async with self._lock:
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")  # inside the try: a cancelled BEGIN still runs
+                yield self._db
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()  # a no-op when no transaction is open
+                raise
+
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with self._db.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        async with self._db.execute(sql, params) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else row[0]
+
+    async def _jobs(self, where: str, params: Sequence[Any] = ()) -> list[Job]:
+        rows = await self._fetchall(f"SELECT id, data FROM jobs WHERE {where} ORDER BY created_at, rowid", params)
+        return [job for job in (_load(job_id, data) for job_id, data in rows) if job is not None]
+
+    # jobs
+
+    async def create(self, job: Job) -> None:
+        """Insert a new job; an existing id is an error (sqlite3.IntegrityError)."""
+        async with self._transaction() as db:
+            await db.execute(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(job))
+
+    async def save(self, job: Job) -> Job:
+        """Stamp ``updated_at`` and write the job; it is on disk when this returns. Returns the same object."""
+        job.updated_at = self._clock()
+        async with self._transaction() as db:
+            await db.execute(_UPSERT_JOB, _row(job))
+        return job
+
+    async def get(self, job_id: str) -> Job | None:
+        data = await self._scalar("SELECT data FROM jobs WHERE id = ?", (job_id,))
+        return None if data is None else _load(job_id, data)
+
+    async def find_by_request_id(self, request_id: str) -> Job | None:
+        jobs = await self._jobs("request_id = ?", (request_id,))
+        return jobs[0] if jobs else None
+
+    async def list_unfinished(self) -> list[Job]:
+        """Every job not done, failed or cancelled, oldest first."""
+        return await self._jobs(f"state IN {_in(UNFINISHED_STATES)}")
+
+    async def list_waiting(self) -> list[Job]:
+        return await self._jobs("state = ?", (JobState.WAITING.value,))
+
+    async def count_unfinished(self, user_id: int) -> int:
+        sql = f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state IN {_in(UNFINISHED_STATES)}"
+        return int(await self._scalar(sql, (user_id,)))
+
+    async def count_at_fal(self) -> int:
+        return int(await self._scalar(f"SELECT COUNT(*) FROM jobs WHERE state IN {_in(AT_FAL_STATES)}"))
+
+    async def prune(self, before: datetime) -> list[str]:
+        """Delete finished jobs last changed before ``before``; returns their ids so their files can go too."""
+        async with self._transaction() as db:
+            sql = f"DELETE FROM jobs WHERE state IN {_in(FINISHED_STATES)} AND updated_at < ? RETURNING id"
+            async with db.execute(sql, (_ts(before),)) as cursor:
+                return [row[0] for row in await cursor.fetchall()]
+
+    # money
+
+    async def spend(self, *, user_id: int | None = None, guild_id: int | None = None, since: datetime) -> float:
+        """USD committed by jobs created at or after ``since``: actual costs, plus estimates of jobs in flight."""
+        return await self._spend(user_id=user_id, guild_id=guild_id, since=since)
+
+    async def _spend(
+        self, *, user_id: int | None, guild_id: int | None, since: datetime, exclude: str | None = None
+    ) -> float:
+        where: list[str] = ["created_at >= ?"]
+        params: list[object] = [_ts(since)]
+        if user_id is not None:
+            where.append("user_id = ?")
+            params.append(user_id)
+        if guild_id is not None:
+            where.append("guild_id = ?")
+            params.append(guild_id)
+        if exclude is not None:
+            where.append("id != ?")
+            params.append(exclude)
+        sql = f"SELECT COALESCE(SUM({_COST}), 0) FROM jobs WHERE {' AND '.join(where)}"
+        return float(await self._scalar(sql, params))
+
+    async def reserve(
+        self,
+        job: Job,
+        *,
+        user_daily_usd: float | None,
+        guild_monthly_usd: float | None,
+        day_start: datetime,
+        month_start: datetime,
+        max_unfinished_per_user: int,
+    ) -> str | None:
+        """Atomically check the member's job limit and both budgets, then move ``job`` to WAITING.
+
+        A budget of ``None`` means no limit. Returns ``None`` when the job is in the line, else the reason it was
+        refused: ``"user_limit"``, ``"user_budget"`` or ``"guild_budget"`` (the row is then left unchanged).
+        Jobs still in ACCEPTED (being validated) count neither towards the limit nor the budgets.
+        """
+        user_id, guild_id = job.origin.user_id, job.origin.guild_id
+        async with self._transaction() as db:
+            others = await self._scalar(
+                f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND id != ? AND state IN {_in(IN_FLIGHT_STATES)}",
+                (user_id, job.id),
+            )
+            if int(others) >= max_unfinished_per_user:
+                return "user_limit"
+            if user_daily_usd is not None:
+                spent = await self._spend(user_id=user_id, guild_id=None, since=day_start, exclude=job.id)
+                if spent + job.cost_estimate_usd > user_daily_usd + USD_EPSILON:
+                    return "user_budget"
+            if guild_id is not None and guild_monthly_usd is not None:
+                spent = await self._spend(user_id=None, guild_id=guild_id, since=month_start, exclude=job.id)
+                if spent + job.cost_estimate_usd > guild_monthly_usd + USD_EPSILON:
+                    return "guild_budget"
+            state, updated_at = job.state, job.updated_at
+            job.state, job.updated_at = JobState.WAITING, self._clock()
+            try:
+                await db.execute(_UPSERT_JOB, _row(job))
+            except BaseException:
+                job.state, job.updated_at = state, updated_at
+                raise
+        return None
+
+    async def usage(self, *, guild_id: int | None, since: datetime, until: datetime | None = None) -> list[UsageRow]:
+        """Per-member jobs, delivered images and spend for jobs created in [since, until), biggest spender first.
+
+        ``guild_id=None`` reports across every guild. Jobs refused or failed before fal (nothing committed) are
+        left out; in-flight jobs count with their estimate.
+        """
+        where: list[str] = ["created_at >= ?"]
+        params: list[object] = [_ts(since)]
+        if until is not None:
+            where.append("created_at < ?")
+            params.append(_ts(until))
+        if guild_id is not None:
+            where.append("guild_id = ?")
+            params.append(guild_id)
+        where.append(f"(cost_usd IS NOT NULL OR state IN {_in((*IN_FLIGHT_STATES, JobState.DONE))})")
+        rows = await self._fetchall(
+            "SELECT user_id, COUNT(*) AS jobs, "
+            "COALESCE(SUM(CASE WHEN state = 'done' THEN json_array_length(data, '$.result_files') ELSE 0 END), 0), "
+            f"COALESCE(SUM({_COST}), 0) AS spent FROM jobs WHERE {' AND '.join(where)} "
+            "GROUP BY user_id ORDER BY spent DESC, jobs DESC, user_id",
+            params,
+        )
+        return [UsageRow(user_id=u, jobs=j, images=i, spent_usd=s) for u, j, i, s in rows]
+
+    # guild admin state
+
+    async def guild_settings(self, guild_id: int) -> GuildSettings:
+        """The guild's stored admin state; a guild never configured gets the defaults."""
+        rows = await self._fetchall(
+            "SELECT paused, user_daily_set, user_daily_usd, guild_monthly_set, guild_monthly_usd "
+            "FROM guild_settings WHERE guild_id = ?",
+            (guild_id,),
+        )
+        if not rows:
+            return GuildSettings(guild_id=guild_id)
+        paused, ud_set, ud, gm_set, gm = rows[0]
+        return GuildSettings(
+            guild_id=guild_id,
+            paused=bool(paused),
+            user_daily_set=bool(ud_set),
+            user_daily_usd=ud,
+            guild_monthly_set=bool(gm_set),
+            guild_monthly_usd=gm,
+        )
+
+    async def _write_settings(self, db: aiosqlite.Connection, s: GuildSettings) -> None:
+        await db.execute(
+            "INSERT INTO guild_settings (guild_id, paused, user_daily_set, user_daily_usd, guild_monthly_set, "
+            "guild_monthly_usd, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (guild_id) DO UPDATE SET "
+            "paused = excluded.paused, user_daily_set = excluded.user_daily_set, "
+            "user_daily_usd = excluded.user_daily_usd, guild_monthly_set = excluded.guild_monthly_set, "
+            "guild_monthly_usd = excluded.guild_monthly_usd, updated_at = excluded.updated_at",
+            (
+                s.guild_id,
+                int(s.paused),
+                int(s.user_daily_set),
+                s.user_daily_usd,
+                int(s.guild_monthly_set),
+                s.guild_monthly_usd,
+                _ts(self._clock()),
+            ),
+        )
+
+    async def _log(self, db: aiosqlite.Connection, guild_id: int, by: int, action: str, detail: str | None) -> None:
+        await db.execute(
+            "INSERT INTO admin_log (at, guild_id, actor_id, action, detail) VALUES (?, ?, ?, ?, ?)",
+            (_ts(self._clock()), guild_id, by, action, detail),
+        )
+
+    async def set_paused(self, guild_id: int, paused: bool, *, by: int) -> None:
+        """Pause or resume /inpaint in a guild; logs "pause"/"resume" when the state changes."""
+        async with self._transaction() as db:
+            current = await self.guild_settings(guild_id)
+            if current.paused == paused:
+                return
+            await self._write_settings(db, current.model_copy(update={"paused": paused}))
+            await self._log(db, guild_id, by, "pause" if paused else "resume", None)
+
+    async def set_budgets(
+        self,
+        guild_id: int,
+        *,
+        user_daily_usd: float | BudgetChange | None = UNCHANGED,
+        guild_monthly_usd: float | BudgetChange | None = UNCHANGED,
+        by: int,
+    ) -> None:
+        """Change a guild's budgets: a number (0 stops spending), ``None`` for no limit, ``DEFAULT`` for the
+        config default, ``UNCHANGED`` to keep it. Logs "budget" when something changed.
+
+        Raises:
+            ValueError: a negative or non-finite amount.
+        """
+        _check_budget(user_daily_usd)
+        _check_budget(guild_monthly_usd)
+        async with self._transaction() as db:
+            old = await self.guild_settings(guild_id)
+            new = _with_budget(_with_budget(old, "user_daily", user_daily_usd), "guild_monthly", guild_monthly_usd)
+            before, after = _budget_texts(old), _budget_texts(new)
+            changes = [f"{label}: {before[label]} → {text}" for label, text in after.items() if before[label] != text]
+            if not changes:
+                return
+            await self._write_settings(db, new)
+            await self._log(db, guild_id, by, "budget", "; ".join(changes))
+
+    async def ban(self, guild_id: int, user_id: int, *, by: int, reason: str | None) -> bool:
+        """Ban a member from /inpaint in a guild; True if they were not banned before (then it is logged)."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "INSERT INTO guild_bans (guild_id, user_id, banned_by, reason, banned_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (guild_id, user_id) DO NOTHING",
+                (guild_id, user_id, by, reason, _ts(self._clock())),
+            )
+            if cursor.rowcount != 1:
+                return False
+            detail = f"<@{user_id}>" + (f": {reason}" if reason else "")
+            await self._log(db, guild_id, by, "ban", detail)
+            return True
+
+    async def unban(self, guild_id: int, user_id: int, *, by: int) -> bool:
+        """Lift a ban; True if there was one (then it is logged)."""
+        async with self._transaction() as db:
+            cursor = await db.execute("DELETE FROM guild_bans WHERE guild_id = ? AND user_id = ?", (guild_id, user_id))
+            if cursor.rowcount != 1:
+                return False
+            await self._log(db, guild_id, by, "unban", f"<@{user_id}>")
+            return True
+
+    async def is_banned(self, guild_id: int, user_id: int) -> bool:
+        sql = "SELECT 1 FROM guild_bans WHERE guild_id = ? AND user_id = ?"
+        return await self._scalar(sql, (guild_id, user_id)) is not None
+
+    async def bans(self, guild_id: int) -> list[int]:
+        """Banned member ids, oldest ban first."""
+        rows = await self._fetchall(
+            "SELECT user_id FROM guild_bans WHERE guild_id = ? ORDER BY banned_at, user_id", (guild_id,)
+        )
+        return [int(row[0]) for row in rows]
+
+    async def add_admin_log(self, guild_id: int, *, by: int, action: str, detail: str | None = None) -> None:
+        """Record an admin action that is not stored here (the store's own setters log themselves)."""
+        async with self._transaction() as db:
+            await self._log(db, guild_id, by, action, detail)
+
+    async def admin_log(self, guild_id: int, limit: int = 20) -> list[AdminLogEntry]:
+        """The guild's latest admin changes, newest first."""
+        rows = await self._fetchall(
+            "SELECT at, actor_id, action, detail FROM admin_log WHERE guild_id = ? ORDER BY id DESC LIMIT ?",
+            (guild_id, limit),
+        )
+        return [
+            AdminLogEntry(at=_from_ts(at), guild_id=guild_id, actor_id=actor, action=action, detail=detail)
+            for at, actor, action, detail in rows
+        ]
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    async def version() -> int:
+        async with db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    current = await version()
+    if current > len(MIGRATIONS):
+        raise StoreError(f"the database is at schema {current}; this bot knows up to {len(MIGRATIONS)}")
+    for number in range(current + 1, len(MIGRATIONS) + 1):
+        script = MIGRATIONS[number - 1]
+        try:
+            await db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+        except BaseException:
+            await db.rollback()
+            if await version() >= number:  # another process applied it first
+                continue
+            raise
+        log.info("store migrated to schema %d", number)

@@ -1,0 +1,488 @@
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from bot.models import InpaintOptions, Job, JobState, Origin
+from bot.store import DEFAULT, MIGRATIONS, GuildSettings, JobStore, StoreError
+
+T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+DAY = T0.replace(hour=0)
+MONTH = DAY.replace(day=1)
+TOKEN = "aW50ZXJhY3Rpb24gdG9rZW4-very-secret"
+
+
+class Clock:
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def make_job(
+    user: int = 10,
+    *,
+    guild: int | None = 1,
+    state: JobState = JobState.ACCEPTED,
+    created_at: datetime = T0,
+    estimate: float = 0.0,
+    cost: float | None = None,
+) -> Job:
+    origin = Origin(
+        user_id=user,
+        guild_id=guild,
+        channel_id=2,
+        application_id=3,
+        interaction_id=4,
+        interaction_token=SecretStr(TOKEN),
+        token_expires_at=created_at + timedelta(minutes=15),
+    )
+    return Job(
+        origin=origin,
+        options=InpaintOptions(prompt="a red hat"),
+        state=state,
+        created_at=created_at,
+        updated_at=created_at,
+        cost_estimate_usd=estimate,
+        cost_usd=cost,
+    )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "fluxpaint.sqlite3"
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def store(db_path: Path, clock: Clock) -> AsyncIterator[JobStore]:
+    async with await JobStore.open(db_path, clock=clock) as s:
+        yield s
+
+
+async def reserve(
+    store: JobStore,
+    job: Job,
+    *,
+    user_daily: float | None = None,
+    guild_monthly: float | None = None,
+    max_jobs: int = 100,
+) -> str | None:
+    return await store.reserve(
+        job,
+        user_daily_usd=user_daily,
+        guild_monthly_usd=guild_monthly,
+        day_start=DAY,
+        month_start=MONTH,
+        max_unfinished_per_user=max_jobs,
+    )
+
+
+# jobs
+
+
+async def test_full_job_round_trips_with_its_token_and_utc_datetimes(store: JobStore) -> None:
+    job = make_job(state=JobState.QUEUED, estimate=0.07)
+    job.request_id = "req-1"
+    job.status_url = "https://queue.fal.run/x/requests/req-1/status"
+    job.notes = ["downscaled to 1024×768"]
+    job.result_files = ["result-1.jpg"]
+    job.nsfw_flags = [False]
+    job.submitted_at = T0 + timedelta(seconds=3)
+    job.delivered_message_ids = [123456789012345678]
+    job.origin = job.origin.model_copy(update={"message_id": 987654321098765432})
+    await store.create(job)
+
+    loaded = await store.get(job.id)
+
+    assert loaded is not None
+    assert loaded.origin.interaction_token.get_secret_value() == TOKEN
+    assert loaded.model_dump() == job.model_dump()
+    assert loaded.created_at == T0 and loaded.created_at.tzinfo is not None
+    assert loaded.submitted_at is not None and loaded.submitted_at.utcoffset() == timedelta(0)
+
+
+async def test_the_token_is_not_in_reprs(store: JobStore) -> None:
+    job = make_job()
+    await store.create(job)
+    assert TOKEN not in repr(await store.get(job.id))
+    assert TOKEN not in repr(store)
+
+
+async def test_get_unknown_job_is_none(store: JobStore) -> None:
+    assert await store.get("0" * 32) is None
+    assert await store.find_by_request_id("nope") is None
+
+
+async def test_create_refuses_a_duplicate_id(store: JobStore) -> None:
+    job = make_job()
+    await store.create(job)
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.create(job)
+
+
+async def test_save_stamps_updated_at_and_is_visible_to_a_second_connection(
+    store: JobStore, db_path: Path, clock: Clock
+) -> None:
+    job = make_job()
+    await store.create(job)
+    clock.now = T0 + timedelta(minutes=5)
+    job.state = JobState.RUNNING
+    job.request_id = "req-9"
+
+    returned = await store.save(job)
+
+    assert returned is job and job.updated_at == clock.now
+    async with await JobStore.open(db_path) as other:
+        seen = await other.get(job.id)
+        assert seen is not None and seen.state is JobState.RUNNING and seen.updated_at == clock.now
+        found = await other.find_by_request_id("req-9")
+        assert found is not None and found.id == job.id
+
+
+async def test_save_inserts_a_job_that_was_never_created(store: JobStore) -> None:
+    job = make_job(state=JobState.WAITING)
+    await store.save(job)
+    assert [j.id for j in await store.list_waiting()] == [job.id]
+
+
+async def test_list_unfinished_is_oldest_first_and_skips_finished(store: JobStore) -> None:
+    late = make_job(state=JobState.WAITING, created_at=T0 + timedelta(minutes=2))
+    early = make_job(state=JobState.RUNNING, created_at=T0)
+    middle = make_job(state=JobState.ACCEPTED, created_at=T0 + timedelta(minutes=1))
+    finished = [
+        make_job(state=JobState(s), created_at=T0 - timedelta(hours=1)) for s in ("done", "failed", "cancelled")
+    ]
+    for job in [late, early, middle, *finished]:
+        await store.create(job)
+
+    assert [j.id for j in await store.list_unfinished()] == [early.id, middle.id, late.id]
+    assert [j.id for j in await store.list_waiting()] == [late.id]
+
+
+async def test_counts(store: JobStore) -> None:
+    for user, state in [
+        (1, JobState.ACCEPTED),
+        (1, JobState.QUEUED),
+        (1, JobState.DONE),
+        (2, JobState.SUBMITTING),
+        (2, JobState.RUNNING),
+        (2, JobState.FETCHED),
+    ]:
+        await store.create(make_job(user, state=state))
+
+    assert await store.count_unfinished(1) == 2
+    assert await store.count_unfinished(2) == 3
+    assert await store.count_unfinished(3) == 0
+    assert await store.count_at_fal() == 3
+
+
+async def test_prune_removes_only_old_finished_jobs(store: JobStore, clock: Clock) -> None:
+    clock.now = T0 - timedelta(days=40)
+    old_done = await store.save(make_job(state=JobState.DONE))
+    old_failed = await store.save(make_job(state=JobState.FAILED))
+    old_running = await store.save(make_job(state=JobState.RUNNING))
+    clock.now = T0
+    new_done = await store.save(make_job(state=JobState.DONE))
+
+    pruned = await store.prune(T0 - timedelta(days=30))
+
+    assert sorted(pruned) == sorted([old_done.id, old_failed.id])
+    assert await store.get(old_done.id) is None
+    assert await store.get(old_running.id) is not None
+    assert await store.get(new_done.id) is not None
+    assert await store.prune(T0 - timedelta(days=30)) == []
+
+
+async def test_naive_datetimes_are_refused(store: JobStore) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await store.spend(user_id=1, since=datetime(2026, 1, 1))
+
+
+# migrations
+
+
+async def user_version(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+async def test_fresh_file_is_migrated_and_reopening_changes_nothing(db_path: Path) -> None:
+    async with await JobStore.open(db_path) as store:
+        job = make_job()
+        await store.create(job)
+    assert await user_version(db_path) == len(MIGRATIONS)
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+    async with await JobStore.open(db_path) as store:
+        assert await store.get(job.id) is not None
+    assert await user_version(db_path) == len(MIGRATIONS)
+
+
+async def test_a_failing_migration_leaves_the_previous_schema(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with await JobStore.open(db_path):
+        pass
+    broken = "CREATE TABLE half_done (a INTEGER); CREATE TABLE half_done (a INTEGER);"
+    monkeypatch.setattr("bot.store.MIGRATIONS", (*MIGRATIONS, broken))
+    with pytest.raises(sqlite3.OperationalError):
+        await JobStore.open(db_path)
+    assert await user_version(db_path) == len(MIGRATIONS)
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'").fetchall() == []
+
+
+async def test_a_newer_schema_is_refused(db_path: Path) -> None:
+    async with await JobStore.open(db_path):
+        pass
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(StoreError):
+        await JobStore.open(db_path)
+
+
+# money
+
+
+async def test_spend_counts_in_flight_estimates_and_actual_costs(store: JobStore) -> None:
+    for job in [
+        make_job(state=JobState.WAITING, estimate=0.10),
+        make_job(state=JobState.RUNNING, estimate=0.20),
+        make_job(state=JobState.DONE, estimate=0.50, cost=0.30),
+        make_job(state=JobState.FAILED, estimate=1.00),  # refused or never sent: nothing committed
+        make_job(state=JobState.FAILED, estimate=0.40, cost=0.40),  # maybe billed
+        make_job(state=JobState.CANCELLED, estimate=2.00),
+        make_job(state=JobState.ACCEPTED, estimate=3.00),  # not reserved yet
+        make_job(user=99, state=JobState.DONE, cost=5.00),
+        make_job(guild=2, state=JobState.DONE, cost=7.00),
+    ]:
+        await store.create(job)
+
+    assert await store.spend(user_id=10, since=DAY) == pytest.approx(0.10 + 0.20 + 0.30 + 0.40 + 7.00)
+    assert await store.spend(user_id=10, guild_id=1, since=DAY) == pytest.approx(1.00)
+    assert await store.spend(guild_id=1, since=MONTH) == pytest.approx(6.00)
+    assert await store.spend(user_id=10, since=T0 + timedelta(seconds=1)) == 0.0
+
+
+async def test_twenty_concurrent_reserves_against_a_budget_for_five(store: JobStore) -> None:
+    jobs = [make_job(estimate=0.2) for _ in range(20)]
+    for job in jobs:
+        await store.create(job)
+
+    results = await asyncio.gather(*(reserve(store, job, user_daily=1.0) for job in jobs))
+
+    assert results.count(None) == 5
+    assert results.count("user_budget") == 15
+    assert len(await store.list_waiting()) == 5
+    assert await store.spend(user_id=10, since=DAY) == pytest.approx(1.0)
+    refused = [job for job, result in zip(jobs, results, strict=True) if result is not None]
+    assert all(job.state is JobState.ACCEPTED for job in refused)
+
+
+async def test_reserve_sets_waiting_durably(store: JobStore, db_path: Path, clock: Clock) -> None:
+    job = make_job(estimate=0.1)
+    await store.create(job)
+    clock.now = T0 + timedelta(seconds=30)
+    assert await reserve(store, job) is None
+    assert job.state is JobState.WAITING and job.updated_at == clock.now
+    async with await JobStore.open(db_path) as other:
+        seen = await other.get(job.id)
+        assert seen is not None and seen.state is JobState.WAITING
+
+
+async def test_max_unfinished_per_user(store: JobStore) -> None:
+    jobs = [make_job() for _ in range(4)]
+    other_user = make_job(user=11)
+    for job in [*jobs, other_user]:
+        await store.create(job)
+
+    results = await asyncio.gather(*(reserve(store, job, max_jobs=2) for job in jobs))
+
+    assert sorted(results, key=str) == [None, None, "user_limit", "user_limit"]
+    assert await reserve(store, other_user, max_jobs=2) is None
+
+
+async def test_jobs_being_validated_do_not_count_towards_the_limit(store: JobStore) -> None:
+    await store.create(make_job(state=JobState.ACCEPTED))
+    job = make_job()
+    await store.create(job)
+    assert await reserve(store, job, max_jobs=1) is None
+
+
+async def test_finished_jobs_free_the_limit(store: JobStore) -> None:
+    await store.create(make_job(state=JobState.DONE))
+    job = make_job()
+    await store.create(job)
+    assert await reserve(store, job, max_jobs=1) is None
+
+
+async def test_a_budget_that_fits_exactly_passes(store: JobStore) -> None:
+    await store.create(make_job(state=JobState.DONE, cost=0.1))
+    await store.create(make_job(state=JobState.DONE, cost=0.2))
+    job = make_job(estimate=0.3)
+    await store.create(job)
+    assert await reserve(store, job, user_daily=0.6) is None  # 0.1 + 0.2 + 0.3 > 0.6 in floats
+
+
+async def test_guild_budget(store: JobStore) -> None:
+    await store.create(make_job(user=20, state=JobState.DONE, cost=4.5, created_at=MONTH + timedelta(days=1)))
+    await store.create(make_job(user=21, state=JobState.DONE, cost=9.0, created_at=MONTH - timedelta(days=1)))
+    fits, too_much = make_job(estimate=0.5), make_job(estimate=0.01)
+    dm = make_job(guild=None, estimate=3.0)
+    for job in (fits, too_much, dm):
+        await store.create(job)
+
+    assert await reserve(store, fits, guild_monthly=5.0) is None
+    assert await reserve(store, too_much, guild_monthly=5.0) == "guild_budget"
+    assert await reserve(store, dm, guild_monthly=5.0) is None  # no guild, no guild budget
+
+
+async def test_user_budget_is_checked_before_guild_budget(store: JobStore) -> None:
+    job = make_job(estimate=2.0)
+    await store.create(job)
+    assert await reserve(store, job, user_daily=1.0, guild_monthly=1.0) == "user_budget"
+
+
+async def test_yesterdays_jobs_do_not_count_against_today(store: JobStore) -> None:
+    await store.create(make_job(state=JobState.DONE, cost=0.9, created_at=DAY - timedelta(microseconds=1)))
+    await store.create(make_job(state=JobState.DONE, cost=0.3, created_at=DAY))
+    job = make_job(estimate=0.7)
+    await store.create(job)
+    assert await reserve(store, job, user_daily=1.0) is None
+    late = make_job(estimate=0.01)
+    await store.create(late)
+    assert await reserve(store, late, user_daily=1.0) == "user_budget"
+
+
+async def test_reserving_a_job_twice_does_not_count_it_twice(store: JobStore) -> None:
+    job = make_job(estimate=0.6)
+    await store.create(job)
+    assert await reserve(store, job, user_daily=1.0, max_jobs=1) is None
+    assert await reserve(store, job, user_daily=1.0, max_jobs=1) is None
+
+
+async def test_usage_report(store: JobStore) -> None:
+    big = make_job(20, state=JobState.DONE, cost=0.6)
+    big.result_files = ["result-1.jpg", "result-2.jpg"]
+    small = make_job(21, state=JobState.DONE, cost=0.1)
+    small.result_files = ["result-1.jpg"]
+    for job in [
+        big,
+        small,
+        make_job(21, state=JobState.RUNNING, estimate=0.05),
+        make_job(21, state=JobState.FAILED, estimate=9.0),  # refused: not in the report
+        make_job(22, guild=2, state=JobState.DONE, cost=5.0),
+        make_job(20, state=JobState.DONE, cost=1.0, created_at=T0 - timedelta(days=40)),
+    ]:
+        await store.create(job)
+
+    rows = await store.usage(guild_id=1, since=T0 - timedelta(days=30))
+
+    assert [(r.user_id, r.jobs, r.images) for r in rows] == [(20, 1, 2), (21, 2, 1)]
+    assert [r.spent_usd for r in rows] == pytest.approx([0.6, 0.15])
+    everywhere = await store.usage(guild_id=None, since=T0 - timedelta(days=30))
+    assert [r.user_id for r in everywhere] == [22, 20, 21]
+    assert await store.usage(guild_id=1, since=T0 - timedelta(days=30), until=T0) == []
+
+
+# guild admin state
+
+
+async def test_guild_defaults(store: JobStore) -> None:
+    settings = await store.guild_settings(1)
+    assert settings == GuildSettings(guild_id=1)
+    assert settings.user_daily(2.5) == 2.5 and settings.guild_monthly(None) is None
+    assert await store.bans(1) == [] and await store.admin_log(1) == []
+
+
+async def test_admin_state_survives_reopen_and_is_logged(db_path: Path, clock: Clock) -> None:
+    async with await JobStore.open(db_path, clock=clock) as store:
+        await store.set_paused(1, True, by=500)
+        await store.set_paused(1, True, by=500)  # no change, no entry
+        await store.set_budgets(1, user_daily_usd=2.0, by=500)
+        await store.set_budgets(1, guild_monthly_usd=None, by=501)  # no limit, whatever the config says
+        assert await store.ban(1, 77, by=500, reason="spam") is True
+        assert await store.ban(1, 77, by=500, reason="again") is False
+        assert await store.ban(1, 78, by=500, reason=None) is True
+        assert await store.unban(1, 78, by=501) is True
+        assert await store.unban(1, 78, by=501) is False
+        await store.ban(2, 78, by=600, reason=None)
+
+    async with await JobStore.open(db_path, clock=clock) as store:
+        settings = await store.guild_settings(1)
+        assert settings.paused
+        assert settings.user_daily(5.0) == 2.0
+        assert settings.guild_monthly(100.0) is None
+        assert await store.is_banned(1, 77) and not await store.is_banned(1, 78)
+        assert await store.is_banned(2, 78)
+        assert await store.bans(1) == [77]
+        entries = await store.admin_log(1)
+        assert [(e.action, e.actor_id, e.detail) for e in entries] == [
+            ("unban", 501, "<@78>"),
+            ("ban", 500, "<@78>"),
+            ("ban", 500, "<@77>: spam"),
+            ("budget", 501, "server monthly: default → no limit"),
+            ("budget", 500, "member daily: default → 2.00 USD"),
+            ("pause", 500, None),
+        ]
+        assert all(e.at == T0 and e.guild_id == 1 for e in entries)
+        assert len(await store.admin_log(1, limit=2)) == 2
+
+
+async def test_budgets_go_back_to_default_and_zero_stops_spending(store: JobStore) -> None:
+    await store.set_budgets(1, user_daily_usd=0.0, guild_monthly_usd=50, by=5)
+    settings = await store.guild_settings(1)
+    assert settings.user_daily(3.0) == 0.0 and settings.guild_monthly(None) == 50.0
+
+    await store.set_budgets(1, user_daily_usd=DEFAULT, guild_monthly_usd=DEFAULT, by=5)
+    await store.set_budgets(1, user_daily_usd=DEFAULT, by=5)  # already default: no entry
+    await store.set_paused(1, False, by=5)  # already running: no entry
+
+    settings = await store.guild_settings(1)
+    assert settings.user_daily(3.0) == 3.0 and settings.guild_monthly(None) is None
+    assert [e.detail for e in await store.admin_log(1)] == [
+        "member daily: 0.00 USD → default; server monthly: 50.00 USD → default",
+        "member daily: default → 0.00 USD; server monthly: default → 50.00 USD",
+    ]
+
+
+@pytest.mark.parametrize("amount", [-1.0, float("nan"), float("inf")], ids=["negative", "nan", "inf"])
+async def test_bad_budgets_are_refused(store: JobStore, amount: float) -> None:
+    with pytest.raises(ValueError):
+        await store.set_budgets(1, user_daily_usd=amount, by=5)
+    assert await store.admin_log(1) == []
+
+
+async def test_resume_is_logged(store: JobStore) -> None:
+    await store.set_paused(1, True, by=5)
+    await store.set_paused(1, False, by=6)
+    assert [(e.action, e.actor_id) for e in await store.admin_log(1)] == [("resume", 6), ("pause", 5)]
+    assert not (await store.guild_settings(1)).paused
+
+
+async def test_cancelled_writers_leave_the_store_usable(store: JobStore) -> None:
+    jobs = [make_job(estimate=0.1) for _ in range(10)]
+    for job in jobs:
+        await store.create(job)
+    tasks = [asyncio.create_task(reserve(store, job, user_daily=1.0)) for job in jobs]
+    for _ in range(3):
+        await asyncio.sleep(0)  # let some of them get into their transaction
+    for task in tasks[::2]:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+    late = make_job(user=11, estimate=0.1)
+    await store.save(late)
+    assert await reserve(store, late) is None
+    waiting = {job.id for job in await store.list_waiting()}
+    assert late.id in waiting
+    assert {job.id for job, task in zip(jobs, tasks, strict=True) if not task.cancelled()} <= waiting
