@@ -32,11 +32,14 @@ class GuildAdmin:
         clock: Callable[[], datetime] = utcnow,
         *,
         on_ban: Callable[[int, int], Awaitable[None]] | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
+        """``on_ban(guild_id, user_id)`` drops a banned member's waiting jobs; ``on_change()`` re-reads the line."""
         self.settings = settings
         self.store = store
         self.clock = clock
         self.on_ban = on_ban
+        self.on_change = on_change
 
     # what the core asks
 
@@ -104,6 +107,8 @@ class GuildAdmin:
     async def set_paused(self, guild_id: int, paused: bool, *, by: int) -> str:
         await self.store.set_paused(guild_id, paused, by=by)
         log.info("guild=%s admin=%s %s", guild_id, by, "paused" if paused else "resumed")
+        if self.on_change is not None:
+            self.on_change()
         if paused:
             return "Paused: new /inpaint jobs are refused and waiting jobs stay in line until you resume."
         return "Resumed: /inpaint takes jobs again and the waiting line moves."
@@ -119,6 +124,8 @@ class GuildAdmin:
     async def unban(self, guild_id: int, user_id: int, *, by: int) -> str:
         if await self.store.unban(guild_id, user_id, by=by):
             log.info("guild=%s admin=%s unbanned user=%s", guild_id, by, user_id)
+            if self.on_change is not None:
+                self.on_change()
             return f"<@{user_id}> can use /inpaint here again."
         return f"<@{user_id}> wasn't banned."
 

@@ -193,7 +193,8 @@ def describe_detail(body: object) -> str | None:
     for item in detail:
         if not isinstance(item, dict):
             continue
-        loc = [str(p) for p in item.get("loc") or [] if p != "body"]
+        raw_loc = item.get("loc") or []
+        loc = [str(p) for p in (raw_loc if isinstance(raw_loc, list) else [raw_loc]) if p != "body"]
         msg = str(item.get("msg") or item.get("type") or "invalid")
         parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
     return "; ".join(parts) or None
@@ -323,7 +324,8 @@ class FalQueueClient:
 
     def _safe(self, text: str) -> str:
         """Text from fal made fit for members: no key, no URLs, one line, bounded."""
-        text = text.replace(self._settings.key.get_secret_value(), "[redacted]")
+        if key := self._settings.key.get_secret_value():
+            text = text.replace(key, "[redacted]")
         text = " ".join(_URL.sub("(a link)", text).split())
         return text if len(text) <= MAX_DETAIL_CHARS else text[: MAX_DETAIL_CHARS - 1] + "…"
 
@@ -456,9 +458,9 @@ class FalQueueClient:
                 # a 429, or a 503 that names no request, means fal did not take the job
                 if not (reply.status == 429 or (reply.status == 503 and "x-fal-request-id" not in reply.headers)):
                     return self._submitted(reply)
+                problem = f"HTTP {reply.status}"
                 if _no_retry_header(reply.headers):
                     break
-                problem = f"HTTP {reply.status}"
                 retry_after = parse_retry_after(reply.headers.get("Retry-After"))
             if attempt < self._settings.max_retries:
                 await self._backoff(attempt, "submit", problem, retry_after)

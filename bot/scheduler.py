@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from bot.models import Job
@@ -33,11 +33,15 @@ class CriticalSections:
             await asyncio.wait(set(self._inner), timeout=timeout_s)
 
 
-def fair_order(waiting: Sequence[Job], active_by_user: Counter[int]) -> list[Job]:
+def fair_order(
+    waiting: Sequence[Job], active_by_user: Counter[int], last_served: Mapping[int, int] | None = None
+) -> list[Job]:
     """Round-robin across members: everyone's first job, then everyone's second, and so on.
 
-    Within a round, members with fewer jobs already at fal go first, then the older request.
+    Within a round, members with fewer jobs already at fal go first, then the member served longest ago
+    (``last_served`` maps a member to the sequence number of their latest start), then the older request.
     """
+    served = last_served or {}
     by_user: dict[int, list[Job]] = defaultdict(list)
     for job in sorted(waiting, key=lambda j: j.created_at):
         by_user[job.origin.user_id].append(job)
@@ -45,7 +49,9 @@ def fair_order(waiting: Sequence[Job], active_by_user: Counter[int]) -> list[Job
     depth = max((len(jobs) for jobs in by_user.values()), default=0)
     for round_no in range(depth):
         this_round = [jobs[round_no] for jobs in by_user.values() if len(jobs) > round_no]
-        this_round.sort(key=lambda j: (active_by_user[j.origin.user_id] + round_no, j.created_at))
+        this_round.sort(
+            key=lambda j: (active_by_user[j.origin.user_id] + round_no, served.get(j.origin.user_id, -1), j.created_at)
+        )
         order.extend(this_round)
     return order
 
@@ -72,6 +78,8 @@ class Scheduler:
         self._closing = False
         self.critical = CriticalSections()
         self._held: set[str] = set()
+        self._served: dict[int, int] = {}  # member -> sequence number of their latest start (fairness)
+        self._starts = 0
 
     def begin(self) -> None:
         self._pump = asyncio.create_task(self._pump_loop(), name="fluxpaint-scheduler")
@@ -130,9 +138,15 @@ class Scheduler:
     async def fill(self) -> None:
         waiting, at_fal = await self._load()
         active = Counter(job.origin.user_id for job in at_fal)
-        line = [job for job in fair_order(waiting, active) if job.id not in self._tasks and job.id not in self._held]
+        line = [
+            job
+            for job in fair_order(waiting, active, self._served)
+            if job.id not in self._tasks and job.id not in self._held
+        ]
         free = self.max_concurrent - len(at_fal) - self._starting(waiting)
         for job in line[: max(free, 0)]:
+            self._starts += 1
+            self._served[job.origin.user_id] = self._starts
             self.run(job)
         await self._on_line_changed(line[max(free, 0) :])
 

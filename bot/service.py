@@ -71,7 +71,9 @@ class JobService:
         self.session = session
         self.notifier = notifier
         self.clock = clock
-        self.admin = GuildAdmin(settings, store, clock, on_ban=self._drop_waiting)
+        self.admin = GuildAdmin(
+            settings, store, clock, on_ban=self._drop_waiting, on_change=lambda: self.scheduler.wake()
+        )
         self.scheduler = Scheduler(
             max_concurrent=settings.fal.max_concurrent,
             load=self._load_line,

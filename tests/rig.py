@@ -36,7 +36,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def make_settings(data_dir: Path, discord: FakeDiscord, fal: FakeFal, **sections: dict[str, Any]) -> Settings:
+def make_settings(data_dir: Path, discord: FakeDiscord, fal: FakeFal, /, **sections: dict[str, Any]) -> Settings:
     """Settings for a bot that talks only to the two fakes; ``sections`` override per test."""
     base: dict[str, Any] = {
         "discord": {

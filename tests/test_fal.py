@@ -261,6 +261,25 @@ async def test_submit_503_is_retried_and_creates_exactly_one_job(make_rig: Any) 
     assert rig.sleep.calls == [0.5, 1.0]  # rand=1: the full ceiling of base·2^attempt
 
 
+@pytest.mark.parametrize(
+    ("status", "error", "text"),
+    [
+        (502, FalSubmitUnknownError, "may still run and be billed"),
+        (504, FalSubmitUnknownError, "may still run and be billed"),
+        (500, FalTransientError, "nothing was charged"),
+    ],
+    ids=["502", "504", "500"],
+)
+async def test_other_submit_5xx_are_never_resent(make_rig: Any, status: int, error: type[FalError], text: str) -> None:
+    rig: Rig = await make_rig(submit_5xx_count=1, submit_5xx_status=status)
+
+    with pytest.raises(error) as info:
+        await rig.client.submit(payload())
+
+    assert text in info.value.message and f"HTTP {status}" in info.value.message
+    assert len(rig.fake.submits) == 1 and rig.sleep.calls == []
+
+
 async def test_rate_limited_submit_waits_as_long_as_retry_after_says(make_rig: Any) -> None:
     rig: Rig = await make_rig(rate_limit_count=1, retry_after="7")
 
@@ -325,7 +344,19 @@ async def test_dropped_status_connections_are_retried(make_rig: Any) -> None:
     status = await rig.client.status(handle)
 
     assert status.progress == ("IN_QUEUE", 3)
-    assert rig.fake.drop_status_count == 0 and rig.sleep.calls
+    statuses = [r.status for r in rig.fake.requests if r.path.endswith("/status")]
+    assert statuses.count(None) == 3 and statuses[-1] == 202  # aiohttp itself re-sends a GET once per drop
+    assert rig.sleep.calls
+
+
+async def test_status_asks_for_logs_only_when_told(make_rig: Any) -> None:
+    rig: Rig = await make_rig()
+    handle, _ = await rig.client.submit(payload())
+
+    await rig.client.status(handle)
+    await rig.client.status(handle, logs=True)
+
+    assert [r.query for r in rig.fake.requests if r.path.endswith("/status")] == ["", "logs=1"]
 
 
 async def test_status_failing_past_the_retries_is_transient(make_rig: Any) -> None:

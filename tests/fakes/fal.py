@@ -75,6 +75,7 @@ class RecordedRequest:
     query: str
     authorization: str | None
     host: str
+    status: int | None = None  # the answer's HTTP status; None while unanswered or when the connection was dropped
 
 
 @dataclass
@@ -133,6 +134,7 @@ class FakeFal:
         stream_keepalive_s: float = 15.0,
         status_5xx_rate: float = 0.0,
         submit_5xx_count: int = 0,
+        submit_5xx_status: int = 503,
         hang_submit: bool = False,
         drop_status_count: int = 0,
         rate_limit_count: int = 0,
@@ -151,12 +153,15 @@ class FakeFal:
           (default: the input's); ``result_seed``: the seed reported when the payload has none.
         - ``stream=False``: the SSE route answers 404, as a proxy that does not forward it; ``stream_drop_after``:
           the stream closes after that many events without COMPLETED; ``stream_keepalive_s``: comment interval.
-        - ``status_5xx_rate``: share of status calls answered 503 (seeded); ``submit_5xx_count``: the first N
-          submits answer 503 and create no job; ``hang_submit``: submits create the job and never answer;
-          ``drop_status_count``: the first N status calls close the connection; ``rate_limit_count``: the first
-          N queue calls answer 429 with ``Retry-After: retry_after``.
+        - ``status_5xx_rate``: share of status calls answered 503 (seeded).
+        - ``submit_5xx_count``: the first N submits answer ``submit_5xx_status`` (503) and create no job.
+        - ``hang_submit``: submits create the job and never answer.
+        - ``drop_status_count``: the first N status calls close the connection (aiohttp re-sends an idempotent
+          request once by itself, so one client-side failure uses two).
+        - ``rate_limit_count``: the first N queue calls answer 429 with ``Retry-After: retry_after``.
         - ``proxy_mode``: answers carry ``https://queue.fal.run/...`` URLs (another app), as kkiai does.
-        - ``result_expired``: the result answers 404 as for a result past fal's retention; ``slow_result_s``:
+        - ``result_expired``: the result answers 404 as for a result past fal's retention (fal.md does not say
+          what fal answers then; 404 is this fake's guess); ``slow_result_s``:
           real seconds before the result answers; ``cancel_running_finishes``: a cancel while IN_PROGRESS is
           accepted (202) but the job still finishes, as fal allows.
         """
@@ -175,6 +180,7 @@ class FakeFal:
         self.stream_keepalive_s = stream_keepalive_s
         self.status_5xx_rate = status_5xx_rate
         self.submit_5xx_count = submit_5xx_count
+        self.submit_5xx_status = submit_5xx_status
         self.hang_submit = hang_submit
         self.drop_status_count = drop_status_count
         self.rate_limit_count = rate_limit_count
@@ -238,24 +244,23 @@ class FakeFal:
     async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]) -> Any:
         if self.base_url is None:
             self.base_url = f"{request.scheme}://{request.host}"
-        if not request.path.startswith("/_fake/"):
-            self.requests.append(
-                RecordedRequest(
-                    request.method,
-                    request.path,
-                    request.query_string,
-                    request.headers.get("Authorization"),
-                    request.host,
-                )
-            )
-        try:
+        if request.path.startswith("/_fake/"):
             return await handler(request)
-        except web.HTTPException:
+        auth = request.headers.get("Authorization")
+        record = RecordedRequest(request.method, request.path, request.query_string, auth, request.host)
+        self.requests.append(record)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            record.status = exc.status
             raise
         except Exception as exc:  # a bug in the fake must fail the test, not pass for a fal outage (5xx retries)
             log.exception("fake fal failed on %s %s", request.method, request.path)
             self.errors.append(f"{request.method} {request.path}: {exc!r}")
-            return _json({"detail": f"fake fal crashed: {exc!r}"}, 400)
+            response = _json({"detail": f"fake fal crashed: {exc!r}"}, 400)
+        if not (request.transport is None or request.transport.is_closing()):
+            record.status = response.status  # stays None for a dropped connection
+        return response
 
     def _refuse(self, request: web.Request) -> web.Response | None:
         """401 without the right key; 429 while ``rate_limit_count`` lasts."""
@@ -316,7 +321,7 @@ class FakeFal:
         self.submits.append(body)
         if self.submit_5xx_count > 0:
             self.submit_5xx_count -= 1
-            return _json({"detail": "no runner available", "error_type": "runner_scheduling_failure"}, 503)
+            return _json({"detail": "no runner available"}, self.submit_5xx_status)
         try:
             fal_input = _FalInput.model_validate(body)
         except ValidationError as exc:

@@ -1,0 +1,136 @@
+"""Fair use through Discord: admin commands, pauses, bans, budgets and the shared waiting line."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.conftest import MakeRig
+from tests.fakes.discord import InvocationError
+from tests.rig import BotRig
+from tests.test_flow import COFFEE, COFFEE_MASK, answer_to
+
+ESTIMATE = 0.0084  # 600×400 px = 0.24 MP at 0.035 USD per megapixel
+
+
+async def admin(rig: BotRig, sub: str, user: str = "admin", **options: object) -> str:
+    interaction = await rig.discord.slash(f"fluxpaint {sub}", user=user, options=dict(options))
+    return await answer_to(rig, interaction)
+
+
+async def test_admin_commands_are_registered_for_manage_server(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    (group,) = [c for c in rig.discord.commands[None] if c["name"] == "fluxpaint"]
+    assert group["default_member_permissions"] == str(1 << 5)  # MANAGE_GUILD
+    assert group["contexts"] == [0] and group["dm_permission"] is False
+    subs = {o["name"] for o in group["options"]}
+    assert subs == {"usage", "budget", "pause", "resume", "ban", "unban", "limits"}
+    with pytest.raises(InvocationError, match="default_member_permissions"):
+        await rig.discord.slash("fluxpaint pause", user="alice")
+
+
+async def test_pause_refuses_new_jobs_and_resume_allows_them(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    assert "Paused" in await admin(rig, "pause")
+    interaction = await rig.inpaint(COFFEE, COFFEE_MASK)
+    reply = await rig.wait_text(interaction, "❌")
+    assert "paused /inpaint" in reply.content and rig.fal.submits == []
+    assert "Resumed" in await admin(rig, "resume")
+    interaction = await rig.inpaint(COFFEE, COFFEE_MASK)
+    await rig.wait_text(interaction, "Inpainted")
+    assert len(rig.fal.submits) == 1
+    limits = await admin(rig, "limits")
+    assert "taking jobs" in limits and "pause" in limits and "resume" in limits  # the admin log
+
+
+async def test_pause_holds_the_waiting_line(make_rig: MakeRig) -> None:
+    rig = await make_rig(fal={"hold": True}, fal_settings={"max_concurrent": 1})
+    first = await rig.inpaint(COFFEE, COFFEE_MASK, user="alice")
+    await rig.wait_text(first, "Queued at fal")
+    second = await rig.inpaint(COFFEE, COFFEE_MASK, user="bob")
+    await rig.wait_text(second, "#1 in this bot's queue")
+    await admin(rig, "pause")
+    rig.fal.release()
+    await rig.wait_text(first, "Inpainted")
+    await rig.wait_text(second, "On hold")  # shown by the same pass over the line that would have sent it
+    assert len(rig.fal.submits) == 1
+    await admin(rig, "resume")
+    await rig.wait_text(second, "Inpainted")
+    assert len(rig.fal.submits) == 2
+
+
+async def test_ban_refuses_and_cancels_waiting_jobs_unban_restores(make_rig: MakeRig) -> None:
+    rig = await make_rig(fal={"hold": True}, fal_settings={"max_concurrent": 1})
+    first = await rig.inpaint(COFFEE, COFFEE_MASK, user="alice")
+    await rig.wait_text(first, "Queued at fal")
+    waiting = await rig.inpaint(COFFEE, COFFEE_MASK, user="bob")
+    await rig.wait_text(waiting, "#1 in this bot's queue")
+    assert "can no longer use /inpaint" in await admin(rig, "ban", member="bob", reason="spam")
+    await rig.wait_text(waiting, "Cancelled")
+    refused = await rig.inpaint(COFFEE, COFFEE_MASK, user="bob")
+    assert "can't use /inpaint" in (await rig.wait_text(refused, "❌")).content
+    rig.fal.release()
+    await rig.wait_text(first, "Inpainted")
+    assert len(rig.fal.submits) == 1
+    assert "again" in await admin(rig, "unban", member="bob")
+    again = await rig.inpaint(COFFEE, COFFEE_MASK, user="bob")
+    await rig.wait_text(again, "Inpainted")
+    assert len(rig.fal.submits) == 2
+
+
+async def test_budget_set_by_an_admin_refuses_with_what_is_left(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    assert "Budgets saved" in await admin(rig, "budget", member_daily=0.01)
+    ok = await rig.inpaint(COFFEE, COFFEE_MASK)
+    await rig.wait_text(ok, "Inpainted")
+    refused = await rig.inpaint(COFFEE, COFFEE_MASK)
+    text = (await rig.wait_text(refused, "❌")).content
+    assert "$0.008" in text and "$0.002 left of your daily $0.010" in text and "resets <t:" in text
+    assert len(rig.fal.submits) == 1
+    report = await admin(rig, "usage", days=7)
+    assert f"<@{rig.discord.user_id('alice')}>: $0.008 · 1 job(s) · 1 image(s)" in report
+    assert "member daily" in await admin(rig, "limits") or "Member daily budget: $0.010" in await admin(rig, "limits")
+
+
+async def test_twenty_concurrent_commands_against_a_budget_for_five_submit_five(make_rig: MakeRig) -> None:
+    rig = await make_rig(budgets={"user_daily_usd": 5 * ESTIMATE}, limits={"max_jobs_per_user": 50})
+    interactions = await asyncio.gather(*(rig.inpaint(COFFEE, COFFEE_MASK) for _ in range(20)))
+    for interaction in interactions:
+        await rig.discord.wait_for(
+            lambda i=interaction: (
+                i.original() is not None and ("❌" in i.original().content or bool(i.original().embeds))
+            ),
+            timeout=60,
+        )
+    refused = [i for i in interactions if "❌" in i.original().content]
+    assert len(refused) == 15 and len(rig.fal.submits) == 5
+    assert all("daily $0.042" in i.original().content for i in refused)
+
+
+async def test_one_members_burst_does_not_hold_up_the_others(make_rig: MakeRig) -> None:
+    rig = await make_rig(fal={"hold": True}, limits={"max_jobs_per_user": 10})
+    burst = [await rig.inpaint(COFFEE, COFFEE_MASK, user="alice", prompt=f"alice {n}") for n in range(10)]
+    await rig.wait_text(burst[0], "Queued at fal")
+    others = [
+        await rig.inpaint(COFFEE, COFFEE_MASK, user="bob", prompt="bob"),
+        await rig.inpaint(COFFEE, COFFEE_MASK, user="mod", prompt="mod"),
+    ]
+    for interaction in others:
+        await rig.wait_text(interaction, "in this bot's queue")
+    for request_id in list(rig.fal.jobs):
+        rig.fal.complete(request_id)
+    rig.fal.release()
+    await rig.wait_text(others[1], "Inpainted", timeout=60)
+    await rig.wait_text(others[0], "Inpainted", timeout=60)
+    order = [s["prompt"] for s in rig.fal.submits]
+    assert "bob" in order[:4] and "mod" in order[:4], order
+
+
+async def test_usage_shows_a_members_own_spend_privately(make_rig: MakeRig) -> None:
+    rig = await make_rig(budgets={"user_daily_usd": 1.0})
+    done = await rig.inpaint(COFFEE, COFFEE_MASK)
+    await rig.wait_text(done, "Inpainted")
+    usage = await rig.discord.slash("usage", user="alice")
+    text = await answer_to(rig, usage)
+    assert "Your spend today: $0.008" in text and "$0.992 left" in text
