@@ -115,9 +115,16 @@ class DiscordNotifier:
         return self.client.get_partial_messageable(job.origin.channel_id, guild_id=job.origin.guild_id)
 
     async def _edit_reply(
-        self, job: Job, reply: Reply, *, files: Sequence[ResultFile] = (), final: bool = False
+        self,
+        job: Job,
+        reply: Reply,
+        *,
+        files: Sequence[ResultFile] = (),
+        final: bool = False,
+        via_channel: bool = True,
     ) -> bool:
-        """Edit the job's reply by the freshest working route; False if it cannot be reached."""
+        """Edit the job's reply by the freshest working route; False if it cannot be reached. Without
+        ``via_channel`` only the interaction token is tried: False as well once it is dead."""
         content = reply.content or None
         embed = to_embed(reply.embed) if reply.embed else None
         view = cancel_view(job.id) if reply.cancel_button else None
@@ -139,6 +146,8 @@ class DiscordNotifier:
                     return self._gone_or_raise(job, exc)
                 log.info("job=%s interaction token expired; switching to the channel route", job.id)
                 self._dead_tokens.add(job.id)
+        if not via_channel:
+            return False
         if job.origin.message_id is None:
             log.warning("job=%s reply id unknown after token expiry; cannot edit it", job.id)
             return False
@@ -271,9 +280,10 @@ class DiscordNotifier:
             await self.store.save(job)
 
     async def _post_first(self, job: Job, reply: Reply, part: list[ResultFile]) -> int | None:
-        if self._token_usable(job) and await self._edit_reply(job, reply, files=part, final=True):
+        if self._token_usable(job) and await self._edit_reply(job, reply, files=part, final=True, via_channel=False):
             return job.origin.message_id
-        # Past the token's life the member would not see an edit: post anew and mention them once.
+        # Past the token's life (by our clock or by Discord's 401) the member would not notice an edit: post
+        # anew and mention them once, whichever call found the token dead.
         message_id = await self._post_new(job, reply, part, mention=True, nonce=delivery_nonce(job.id, 0))
         if message_id is not None and job.origin.message_id is not None:
             pointer = Reply(

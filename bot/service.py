@@ -185,6 +185,8 @@ class JobService:
 
     def _effective_options(self, options: InpaintOptions, origin: Origin) -> InpaintOptions:
         limits, safety = self.settings.limits, self.settings.safety
+        if not options.prompt.strip():
+            raise InputError("The prompt is empty; describe what should appear in the masked area.")
         if len(options.prompt) > limits.max_prompt_chars:
             raise InputError(
                 f"The prompt is {len(options.prompt)} characters; the limit here is {limits.max_prompt_chars}."
@@ -200,7 +202,7 @@ class JobService:
         if any(term.casefold() in lowered for term in safety.blocked_terms if term):
             raise RefusedError("The prompt contains a term that isn't allowed on this server.")
         checker_off = origin.channel_nsfw and safety.allow_nsfw_in_age_restricted
-        return options.model_copy(update={"enable_safety_checker": not checker_off})
+        return options.model_copy(update={"prompt": options.prompt.strip(), "enable_safety_checker": not checker_off})
 
     async def _download(self, upload: Upload, what: str) -> bytes:
         limits = self.settings.limits

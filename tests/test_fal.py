@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -82,6 +83,14 @@ class FakeSleep:
         await asyncio.sleep(0)
 
 
+async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    for _ in range(int(timeout_s / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
 @dataclass
 class Rig:
     fake: FakeFal
@@ -96,7 +105,7 @@ class Rig:
 
 
 @pytest.fixture
-async def make_rig(aiohttp_server: AiohttpServer) -> AsyncIterator[Callable[..., Any]]:
+async def fal_rig(aiohttp_server: AiohttpServer) -> AsyncIterator[Callable[..., Any]]:
     sessions: list[aiohttp.ClientSession] = []
     fakes: list[FakeFal] = []
 
@@ -142,8 +151,8 @@ async def make_rig(aiohttp_server: AiohttpServer) -> AsyncIterator[Callable[...,
 
 
 @pytest.mark.parametrize("scheme", ["Key", "Bearer"])
-async def test_submit_sends_fal_s_payload_with_the_configured_auth_scheme(make_rig: Any, scheme: str) -> None:
-    rig: Rig = await make_rig(auth_scheme=scheme)
+async def test_submit_sends_fal_s_payload_with_the_configured_auth_scheme(fal_rig: Any, scheme: str) -> None:
+    rig: Rig = await fal_rig(auth_scheme=scheme)
     sent = payload(seed=7)
 
     handle, status = await rig.client.submit(sent)
@@ -165,8 +174,8 @@ def test_random_seed_and_empty_loras_are_left_out_of_the_body() -> None:
     assert with_lora["loras"] == [{"path": "https://example.com/style.safetensors", "scale": 0.8}]
 
 
-async def test_request_urls_drop_the_endpoint_sub_path(make_rig: Any) -> None:
-    rig: Rig = await make_rig()
+async def test_request_urls_drop_the_endpoint_sub_path(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig()
     base = rig.fake.base_url
 
     handle = rig.client.handle_for("abc-123")
@@ -192,9 +201,9 @@ async def test_request_id_cannot_escape_the_request_path() -> None:
 
 @pytest.mark.parametrize("mode", ["poll", "stream"])
 async def test_proxy_urls_are_never_followed_and_the_token_stays_on_the_configured_base(
-    make_rig: Any, mode: str
+    fal_rig: Any, mode: str
 ) -> None:
-    rig: Rig = await make_rig({"status_mode": mode}, auth_scheme="Bearer", proxy_mode=True)
+    rig: Rig = await fal_rig({"status_mode": mode}, auth_scheme="Bearer", proxy_mode=True)
 
     handle, seen = await rig.run()
     await rig.client.result(handle)
@@ -210,8 +219,8 @@ async def test_proxy_urls_are_never_followed_and_the_token_stays_on_the_configur
     assert all(r.host == rig.fake.media_host for r in rig.fake.requests)
 
 
-async def test_handle_with_urls_on_another_host_is_rebuilt_on_the_configured_base(make_rig: Any) -> None:
-    rig: Rig = await make_rig()
+async def test_handle_with_urls_on_another_host_is_rebuilt_on_the_configured_base(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig()
     handle, _ = await rig.client.submit(payload())
     foreign = FalHandle(
         request_id=handle.request_id,
@@ -226,8 +235,8 @@ async def test_handle_with_urls_on_another_host_is_rebuilt_on_the_configured_bas
     assert all(url.startswith(rig.fake.base_url or "?") for _, url, _ in rig.seen)
 
 
-async def test_422_becomes_a_readable_rejection_and_creates_no_job(make_rig: Any) -> None:
-    rig: Rig = await make_rig()
+async def test_422_becomes_a_readable_rejection_and_creates_no_job(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig()
 
     with pytest.raises(FalRejectedError) as info:
         await rig.client.submit(payload(strength=1.5, num_images=5))
@@ -239,8 +248,8 @@ async def test_422_becomes_a_readable_rejection_and_creates_no_job(make_rig: Any
     assert rig.fake.jobs == {} and rig.sleep.calls == []
 
 
-async def test_refused_key_is_a_rejection_that_never_shows_the_key(make_rig: Any) -> None:
-    rig: Rig = await make_rig({"auth_scheme": "Bearer"})  # the fake wants "Key"
+async def test_refused_key_is_a_rejection_that_never_shows_the_key(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig({"auth_scheme": "Bearer"})  # the fake wants "Key"
 
     with pytest.raises(FalRejectedError) as info:
         await rig.client.submit(payload())
@@ -250,8 +259,8 @@ async def test_refused_key_is_a_rejection_that_never_shows_the_key(make_rig: Any
     assert rig.fake.jobs == {}
 
 
-async def test_submit_503_is_retried_and_creates_exactly_one_job(make_rig: Any) -> None:
-    rig: Rig = await make_rig(submit_5xx_count=2)
+async def test_submit_503_is_retried_and_creates_exactly_one_job(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig(submit_5xx_count=2)
 
     handle, status = await rig.client.submit(payload())
 
@@ -270,8 +279,8 @@ async def test_submit_503_is_retried_and_creates_exactly_one_job(make_rig: Any) 
     ],
     ids=["502", "504", "500"],
 )
-async def test_other_submit_5xx_are_never_resent(make_rig: Any, status: int, error: type[FalError], text: str) -> None:
-    rig: Rig = await make_rig(submit_5xx_count=1, submit_5xx_status=status)
+async def test_other_submit_5xx_are_never_resent(fal_rig: Any, status: int, error: type[FalError], text: str) -> None:
+    rig: Rig = await fal_rig(submit_5xx_count=1, submit_5xx_status=status)
 
     with pytest.raises(error) as info:
         await rig.client.submit(payload())
@@ -280,8 +289,8 @@ async def test_other_submit_5xx_are_never_resent(make_rig: Any, status: int, err
     assert len(rig.fake.submits) == 1 and rig.sleep.calls == []
 
 
-async def test_rate_limited_submit_waits_as_long_as_retry_after_says(make_rig: Any) -> None:
-    rig: Rig = await make_rig(rate_limit_count=1, retry_after="7")
+async def test_rate_limited_submit_waits_as_long_as_retry_after_says(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig(rate_limit_count=1, retry_after="7")
 
     await rig.client.submit(payload())
 
@@ -289,8 +298,8 @@ async def test_rate_limited_submit_waits_as_long_as_retry_after_says(make_rig: A
     assert len(rig.fake.jobs) == 1
 
 
-async def test_submit_still_refused_after_the_retries_says_nothing_was_sent(make_rig: Any) -> None:
-    rig: Rig = await make_rig({"max_retries": 2}, submit_5xx_count=10)
+async def test_submit_still_refused_after_the_retries_says_nothing_was_sent(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig({"max_retries": 2}, submit_5xx_count=10)
 
     with pytest.raises(FalTransientError) as info:
         await rig.client.submit(payload())
@@ -299,8 +308,8 @@ async def test_submit_still_refused_after_the_retries_says_nothing_was_sent(make
     assert len(rig.fake.submits) == 3 and rig.fake.jobs == {}
 
 
-async def test_submit_read_timeout_is_not_resent(make_rig: Any) -> None:
-    rig: Rig = await make_rig({"submit_timeout_s": 0.2}, hang_submit=True)
+async def test_submit_read_timeout_is_not_resent(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig({"submit_timeout_s": 0.2}, hang_submit=True)
 
     with pytest.raises(FalSubmitUnknownError) as info:
         await rig.client.submit(payload())
@@ -327,8 +336,8 @@ async def test_submit_without_a_connection_is_retried_then_reported_as_not_sent(
 # status and watch
 
 
-async def test_poll_watch_reaches_completed_through_flaky_status_calls(make_rig: Any) -> None:
-    rig: Rig = await make_rig({"max_retries": 8}, status_5xx_rate=0.3, in_progress_steps=2)
+async def test_poll_watch_reaches_completed_through_flaky_status_calls(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig({"max_retries": 8}, status_5xx_rate=0.3, in_progress_steps=2)
 
     _, seen = await rig.run()
 
@@ -337,8 +346,8 @@ async def test_poll_watch_reaches_completed_through_flaky_status_calls(make_rig:
     assert rig.fake.stream_calls == 0
 
 
-async def test_dropped_status_connections_are_retried(make_rig: Any) -> None:
-    rig: Rig = await make_rig(drop_status_count=3)
+async def test_dropped_status_connections_are_retried(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig(drop_status_count=3)
     handle, _ = await rig.client.submit(payload())
 
     status = await rig.client.status(handle)
@@ -349,8 +358,8 @@ async def test_dropped_status_connections_are_retried(make_rig: Any) -> None:
     assert rig.sleep.calls
 
 
-async def test_status_asks_for_logs_only_when_told(make_rig: Any) -> None:
-    rig: Rig = await make_rig()
+async def test_status_asks_for_logs_only_when_told(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig()
     handle, _ = await rig.client.submit(payload())
 
     await rig.client.status(handle)
@@ -359,8 +368,8 @@ async def test_status_asks_for_logs_only_when_told(make_rig: Any) -> None:
     assert [r.query for r in rig.fake.requests if r.path.endswith("/status")] == ["", "logs=1"]
 
 
-async def test_status_failing_past_the_retries_is_transient(make_rig: Any) -> None:
-    rig: Rig = await make_rig({"max_retries": 2}, status_5xx_rate=1.0)
+async def test_status_failing_past_the_retries_is_transient(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig({"max_retries": 2}, status_5xx_rate=1.0)
     handle, _ = await rig.client.submit(payload())
 
     with pytest.raises(FalTransientError) as info:
@@ -370,15 +379,15 @@ async def test_status_failing_past_the_retries_is_transient(make_rig: Any) -> No
     assert rig.fake.status_calls == 3
 
 
-async def test_unknown_request_is_a_job_error(make_rig: Any) -> None:
-    rig: Rig = await make_rig()
+async def test_unknown_request_is_a_job_error(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig()
 
     with pytest.raises(FalJobError, match="no longer knows this job"):
         await rig.client.status(rig.client.handle_for("00000000-0000-0000-0000-00000000beef"))
 
 
-async def test_poll_interval_grows_while_nothing_changes_and_resets_on_a_change(make_rig: Any) -> None:
-    rig: Rig = await make_rig(hold=True, positions=[5, 4])
+async def test_poll_interval_grows_while_nothing_changes_and_resets_on_a_change(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig(hold=True, positions=[5, 4])
     rig.sleep.hook = lambda n: rig.fake.release() if n == 6 else None
 
     _, seen = await rig.run()
@@ -388,8 +397,8 @@ async def test_poll_interval_grows_while_nothing_changes_and_resets_on_a_change(
     assert rig.sleep.calls[:8] == [1.0, 1.5, 2.25, 3.375, 4.0, 4.0, 4.0, 1.0]
 
 
-async def test_stream_yields_positions_then_completed(make_rig: Any) -> None:
-    rig: Rig = await make_rig({"status_mode": "stream"}, in_progress_steps=3)
+async def test_stream_yields_positions_then_completed(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig({"status_mode": "stream"}, in_progress_steps=3)
 
     _, seen = await rig.run()
 
@@ -398,8 +407,8 @@ async def test_stream_yields_positions_then_completed(make_rig: Any) -> None:
     assert rig.sleep.calls == []
 
 
-async def test_stream_skips_keep_alive_comments_while_the_job_waits(make_rig: Any) -> None:
-    rig: Rig = await make_rig({"status_mode": "stream"}, hold=True, stream_keepalive_s=0.02, positions=[1, 0])
+async def test_stream_skips_keep_alive_comments_while_the_job_waits(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig({"status_mode": "stream"}, hold=True, stream_keepalive_s=0.02, positions=[1, 0])
     handle, _ = await rig.client.submit(payload())
     seen: list[tuple[str, int | None]] = []
 
@@ -408,7 +417,7 @@ async def test_stream_skips_keep_alive_comments_while_the_job_waits(make_rig: An
             seen.append(status.progress)
 
     task = asyncio.create_task(watch())
-    await asyncio.sleep(0.15)  # the first status, then a few keep-alives go by
+    await eventually(lambda: rig.fake.keepalives_sent >= 2)
     assert seen == [("IN_QUEUE", 1)]
     rig.fake.release()
     await asyncio.wait_for(task, 5)
@@ -417,8 +426,8 @@ async def test_stream_skips_keep_alive_comments_while_the_job_waits(make_rig: An
     assert rig.fake.status_calls == 0
 
 
-async def test_stream_refused_falls_back_to_polling(make_rig: Any) -> None:
-    rig: Rig = await make_rig({"status_mode": "stream"}, stream=False)
+async def test_stream_refused_falls_back_to_polling(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig({"status_mode": "stream"}, stream=False)
 
     _, seen = await rig.run()
 
@@ -426,8 +435,8 @@ async def test_stream_refused_falls_back_to_polling(make_rig: Any) -> None:
     assert rig.fake.status_calls >= 6
 
 
-async def test_stream_closed_early_continues_by_polling_without_repeats(make_rig: Any) -> None:
-    rig: Rig = await make_rig({"status_mode": "stream"}, stream_drop_after=2)
+async def test_stream_closed_early_continues_by_polling_without_repeats(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig({"status_mode": "stream"}, stream_drop_after=2)
 
     _, seen = await rig.run()
 
@@ -436,8 +445,8 @@ async def test_stream_closed_early_continues_by_polling_without_repeats(make_rig
 
 
 @pytest.mark.parametrize("mode", ["poll", "stream"])
-async def test_completed_with_an_error_raises_the_reason(make_rig: Any, mode: str) -> None:
-    rig: Rig = await make_rig({"status_mode": mode}, fail_with="CUDA out of memory")
+async def test_completed_with_an_error_raises_the_reason(fal_rig: Any, mode: str) -> None:
+    rig: Rig = await fal_rig({"status_mode": mode}, fail_with="CUDA out of memory")
 
     with pytest.raises(FalJobError) as info:
         await rig.run()
@@ -446,8 +455,8 @@ async def test_completed_with_an_error_raises_the_reason(make_rig: Any, mode: st
     assert rig.fake.result_calls == 1  # fetched once for the reason, a stored 500 is not retried
 
 
-async def test_input_fal_cannot_load_reports_the_field(make_rig: Any) -> None:
-    rig: Rig = await make_rig()
+async def test_input_fal_cannot_load_reports_the_field(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig()
     handle, _ = await rig.client.submit(payload(image_url="https://example.com/missing.png"))
 
     with pytest.raises(FalJobError) as info:
@@ -459,8 +468,8 @@ async def test_input_fal_cannot_load_reports_the_field(make_rig: Any) -> None:
 # result
 
 
-async def test_result_describes_real_images_at_the_input_size(make_rig: Any) -> None:
-    rig: Rig = await make_rig(nsfw=[False, True])
+async def test_result_describes_real_images_at_the_input_size(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig(nsfw=[False, True])
     handle, _ = await rig.client.submit(payload(num_images=2, seed=99))
     _ = [s async for s in rig.client.watch(handle)]
 
@@ -474,8 +483,8 @@ async def test_result_describes_real_images_at_the_input_size(make_rig: Any) -> 
     assert output.images[0].url.startswith(f"http://{rig.fake.media_host}/files/")
 
 
-async def test_expired_result_says_fal_no_longer_has_it(make_rig: Any) -> None:
-    rig: Rig = await make_rig(result_expired=True)
+async def test_expired_result_says_fal_no_longer_has_it(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig(result_expired=True)
     handle, _ = await rig.run()
 
     with pytest.raises(FalJobError) as info:
@@ -485,8 +494,8 @@ async def test_expired_result_says_fal_no_longer_has_it(make_rig: Any) -> None:
     assert rig.fake.result_calls == 1
 
 
-async def test_slow_result_times_out_as_transient(make_rig: Any) -> None:
-    rig: Rig = await make_rig({"request_timeout_s": 0.1, "max_retries": 1}, slow_result_s=0.5)
+async def test_slow_result_times_out_as_transient(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig({"request_timeout_s": 0.1, "max_retries": 1}, slow_result_s=0.5)
     handle, _ = await rig.run()
 
     with pytest.raises(FalTransientError) as info:
@@ -499,8 +508,8 @@ async def test_slow_result_times_out_as_transient(make_rig: Any) -> None:
 # cancel
 
 
-async def test_cancel_outcomes_follow_fal_s_answers(make_rig: Any) -> None:
-    rig: Rig = await make_rig(hold=True)
+async def test_cancel_outcomes_follow_fal_s_answers(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig(hold=True)
     queued, _ = await rig.client.submit(payload())
     done, _ = await rig.client.submit(payload())
     rig.fake.complete(done.request_id)
@@ -516,8 +525,8 @@ async def test_cancel_outcomes_follow_fal_s_answers(make_rig: Any) -> None:
 # storage
 
 
-async def test_upload_goes_through_fal_storage_and_never_sends_the_key_to_the_upload_url(make_rig: Any) -> None:
-    rig: Rig = await make_rig(result_size=None)
+async def test_upload_goes_through_fal_storage_and_never_sends_the_key_to_the_upload_url(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig(result_size=None)
     out = io.BytesIO()
     Image.new("RGB", (80, 40), "blue").save(out, "PNG")
 
@@ -535,8 +544,8 @@ async def test_upload_goes_through_fal_storage_and_never_sends_the_key_to_the_up
     assert puts == [None, None]
 
 
-async def test_upload_with_a_proxy_token_refuses_to_send_it_to_fal_s_storage(make_rig: Any) -> None:
-    rig: Rig = await make_rig({"rest_base_url": "https://rest.fal.ai"}, auth_scheme="Bearer")
+async def test_upload_with_a_proxy_token_refuses_to_send_it_to_fal_s_storage(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig({"rest_base_url": "https://rest.fal.ai"}, auth_scheme="Bearer")
 
     with pytest.raises(FalRejectedError, match=r"turn off fal\.upload_inputs"):
         await rig.client.upload(b"x", "image/png", "input.png")
@@ -547,8 +556,8 @@ async def test_upload_with_a_proxy_token_refuses_to_send_it_to_fal_s_storage(mak
 # secrets
 
 
-async def test_repr_hides_the_key(make_rig: Any) -> None:
-    rig: Rig = await make_rig()
+async def test_repr_hides_the_key(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig()
     assert KEY not in repr(rig.client) and "s3cr3t" not in repr(rig.client)
     assert rig.settings.base_url in repr(rig.client)
 
@@ -574,7 +583,8 @@ async def test_text_from_fal_is_cleaned_of_the_key_and_links(aiohttp_server: Aio
     )
 
 
-async def test_no_error_text_holds_the_key(make_rig: Any) -> None:
+async def test_no_error_text_or_log_line_holds_the_key(fal_rig: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     errors: list[FalError] = []
     scenarios: list[tuple[dict[str, Any], dict[str, Any]]] = [
         ({"auth_scheme": "Bearer"}, {}),
@@ -584,17 +594,19 @@ async def test_no_error_text_holds_the_key(make_rig: Any) -> None:
         ({}, {"result_expired": True}),
     ]
     for settings, knobs in scenarios:
-        rig: Rig = await make_rig(settings, **knobs)
+        rig: Rig = await fal_rig(settings, **knobs)
         try:
             handle, _ = await rig.run()
             await rig.client.result(handle)
         except FalError as exc:
             errors.append(exc)
     assert len(errors) == len(scenarios)
-    for exc in errors:
-        assert isinstance(exc, UserFacingError)
-        for text in (str(exc), exc.message, repr(exc)):
+    for error in errors:
+        assert isinstance(error, UserFacingError)
+        for text in (str(error), error.message, repr(error)):
             assert KEY not in text and "s3cr3t" not in text, text
+    assert "bot.fal" in caplog.text  # the client did log its retries and failures
+    assert "s3cr3t" not in caplog.text
 
 
 # pure decisions

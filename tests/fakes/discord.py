@@ -335,6 +335,7 @@ class FakeDiscord:
         clock: Callable[[], float] = time.monotonic,
         ratelimit_headers: bool = True,
         bot_token: str = "fake-bot-token",
+        upload_gate: asyncio.Event | None = None,
     ) -> None:
         """``edit_rate`` is (edits, window_s) per message id over every PATCH route, measured in real time
         because discord.py sleeps in real time before retrying a 429. With ``ratelimit_headers`` successful
@@ -346,6 +347,10 @@ class FakeDiscord:
         self.clock = clock
         self.ratelimit_headers = ratelimit_headers
         self.bot_token = bot_token
+        # While unset, a request that uploads files is carried out but its answer is held back: the bot can be
+        # killed after Discord posted the files and before it learnt so.
+        self.upload_gate = upload_gate
+        self.uploads_waiting = 0
         self.base_url: str | None = None
 
         static = (snowflake(STATIC_EPOCH_MS, n) for n in itertools.count(1))
@@ -459,6 +464,10 @@ class FakeDiscord:
             log.exception("fake Discord failed on %s %s", request.method, request.path)
             self.errors.append(f"{request.method} {request.path}: {exc!r}")
             response = ApiError(400, f"fake Discord failed: {exc!r}").response()
+        if self.upload_gate is not None and request.get(BODY_FILES):
+            self.uploads_waiting += 1
+            await self._notify()
+            await self.upload_gate.wait()
         resource = request.match_info.route.resource
         self.requests.append(
             RecordedRequest(
@@ -508,6 +517,15 @@ class FakeDiscord:
             if data.get("name") == channel or channel in recipients:
                 return cid
         raise KeyError(f"no channel named {channel!r}")
+
+    def add_member(self, name: str, roles: tuple[str, ...] = ()) -> int:
+        """A further member of the guild (for crowds); known to the bot through their interactions."""
+        if name not in self.users:
+            uid = self._new_id()
+            self.users[name] = {"id": str(uid), "username": name, "global_name": name.title(), "discriminator": "0"}
+            self.users[name] |= {"avatar": None, "bot": False, "public_flags": 0}
+            self.member_roles[name] = list(roles)
+        return int(self.users[name]["id"])
 
     def user_id(self, name: str) -> int:
         return int(self.users[name]["id"])
@@ -618,11 +636,16 @@ class FakeDiscord:
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
         """Send a gateway event to every connected bot."""
-        live = [s for s in self.sessions if s.ready and not s.ws.closed]
-        if not live:
+        delivered = 0
+        for session in [s for s in self.sessions if s.ready and not s.ws.closed]:
+            try:
+                await self._send(session, event, data)
+            except ConnectionResetError:  # a killed bot whose socket is not yet seen closed
+                session.ready = False
+                continue
+            delivered += 1
+        if not delivered:
             raise RuntimeError("no bot is connected to the fake gateway (await fake.wait_ready() first)")
-        for session in live:
-            await self._send(session, event, data)
         await self._notify()
 
     # members

@@ -143,6 +143,7 @@ class FakeFal:
         result_expired: bool = False,
         slow_result_s: float = 0.0,
         cancel_running_finishes: bool = False,
+        result_noise: bool = False,
         seed: int = 0,
     ) -> None:
         """Knobs (all optional):
@@ -189,12 +190,14 @@ class FakeFal:
         self.result_expired = result_expired
         self.slow_result_s = slow_result_s
         self.cancel_running_finishes = cancel_running_finishes
+        self.result_noise = result_noise  # incompressible result images, for upload-limit tests
         self.base_url: str | None = None
 
         self.submits: list[Any] = []  # every submit body received, accepted or not
         self.status_calls = 0
         self.stream_calls = 0
         self.result_calls = 0
+        self.keepalives_sent = 0  # SSE comment lines
         self.cancels: list[tuple[str, str]] = []  # (request id, fal's answer status)
         self.requests: list[RecordedRequest] = []
         self.jobs: dict[str, FakeJob] = {}
@@ -430,6 +433,7 @@ class FakeFal:
                 quiet_s += STREAM_TICK_S
                 if job.moves == seen and quiet_s >= self.stream_keepalive_s:
                     await resp.write(b": keep-alive\n\n")
+                    self.keepalives_sent += 1
                     quiet_s = 0.0
             if self._closing.is_set():
                 break
@@ -481,7 +485,10 @@ class FakeFal:
         width, height = self.result_size or job.input_size or (512, 512)
         images = []
         for index in range(int(job.payload.get("num_images", 1))):
-            img = Image.new("RGB", (width, height), (40 * index % 256, 120, 200))
+            if self.result_noise:
+                img = Image.frombytes("RGB", (width, height), self._rng.randbytes(width * height * 3))
+            else:
+                img = Image.new("RGB", (width, height), (40 * index % 256, 120, 200))
             out = io.BytesIO()
             img.save(out, "PNG" if fmt == "png" else "JPEG")
             name = f"{job.request_id}-{index}.{'png' if fmt == 'png' else 'jpg'}"

@@ -1,0 +1,258 @@
+"""Scenarios against the real bot process: what members see and which calls were made."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.e2e.conftest import MakeE2E
+from tests.fakes.discord import ManualClock
+from tests.rig import fixture, visible_text
+
+pytestmark = pytest.mark.e2e
+
+COFFEE, COFFEE_MASK = fixture("coffee.png"), fixture("coffee_mask.png")
+
+
+async def inpaint(  # type: ignore[no-untyped-def]
+    e2e,
+    user: str = "alice",
+    channel: str = "general",
+    image: tuple[str, bytes] = ("photo.png", COFFEE),
+    mask: tuple[str, bytes] = ("mask.png", COFFEE_MASK),
+    **options,
+):
+    return await e2e.discord.slash(
+        "inpaint",
+        user=user,
+        channel=channel,
+        options={"prompt": "a red hat", **options},
+        attachments={"image": (*image, None), "mask": (*mask, None)},
+    )
+
+
+async def wait_text(e2e, interaction, needle: str, timeout: float = 20):  # type: ignore[no-untyped-def]  # noqa: ASYNC109
+    def shown() -> bool:
+        msg = interaction.original()
+        return msg is not None and needle in visible_text(msg)
+
+    try:
+        await e2e.discord.wait_for(shown, timeout)
+    except TimeoutError as exc:
+        raise AssertionError(f"{needle!r} not shown; bot log:\n{e2e.bot.log_text()[-4000:]}") from exc
+    return interaction.original()
+
+
+async def eventually(e2e, condition, what: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]  # noqa: ASYNC109
+    """Wait for a condition on the fake fal or the bot's log, which no Discord event signals; polled."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} did not happen; bot log:\n{e2e.bot.log_text()[-4000:]}")
+        await asyncio.sleep(0.05)
+
+
+def logged(e2e, needle: str, start: int):  # type: ignore[no-untyped-def]
+    """Whether the ``start``-th run of the bot logged ``needle``."""
+    return lambda: needle in e2e.bot.log_text().split(f"---- start {start}\n")[-1]
+
+
+def result_messages(e2e):  # type: ignore[no-untyped-def]
+    return [m for m in e2e.discord.messages_in("general") if m.attachments]
+
+
+async def test_happy_path_against_the_real_process(make_e2e: MakeE2E) -> None:
+    e2e = await make_e2e(fal={"positions": [2, 1, 0]})
+    interaction = await inpaint(e2e, num_images=2, output_format="png")
+    final = await wait_text(e2e, interaction, "Inpainted")
+    assert interaction.callbacks[0].type == 5
+    assert interaction.callbacks[0].time - interaction.created_at < 3.0
+    assert len(final.attachments) == 2
+    for attachment in final.attachments:
+        image = Image.open(io.BytesIO(attachment.data))
+        assert (image.format, image.size) == ("PNG", (600, 400))
+    assert len(e2e.fal.submits) == 1 and e2e.discord.rate_limited == [] and e2e.discord.unknown_routes == []
+    assert e2e.discord.bot_token not in e2e.bot.log_text() and e2e.fal.key not in e2e.bot.log_text()
+    assert interaction.token not in e2e.bot.log_text()
+
+
+async def test_kill_9_while_queued_then_restart_delivers_once(make_e2e: MakeE2E) -> None:
+    e2e = await make_e2e(fal={"hold": True})
+    interaction = await inpaint(e2e)
+    await wait_text(e2e, interaction, "Queued at fal")
+    await e2e.bot.kill()
+    e2e.fal.release()
+    await e2e.bot.start()
+    final = await wait_text(e2e, interaction, "Inpainted")
+    assert len(final.attachments) == 1 and len(result_messages(e2e)) == 1
+    assert len(e2e.fal.submits) == 1
+
+
+async def test_kill_9_after_discord_took_the_upload_posts_it_once(make_e2e: MakeE2E) -> None:
+    gate = asyncio.Event()
+    e2e = await make_e2e(discord={"upload_gate": gate})
+    interaction = await inpaint(e2e, num_images=2)
+    await e2e.discord.wait_for(lambda: e2e.discord.uploads_waiting > 0, 20)
+    await e2e.bot.kill()  # Discord has the images; the bot never heard back
+    gate.set()
+    await e2e.bot.start()
+    final = await wait_text(e2e, interaction, "Inpainted")
+    await eventually(e2e, logged(e2e, "delivered", start=2), "delivery by the second run")
+    assert len(final.attachments) == 2 and len(result_messages(e2e)) == 1
+    assert len(e2e.fal.submits) == 1
+
+
+async def test_kill_9_during_submit_never_resubmits(make_e2e: MakeE2E) -> None:
+    e2e = await make_e2e(fal={"hang_submit": True})
+    interaction = await inpaint(e2e)
+    await eventually(e2e, lambda: len(e2e.fal.submits) == 1, "the submit")
+    await e2e.bot.kill()
+    e2e.fal.hang_submit = False
+    await e2e.bot.start()
+    reply = await wait_text(e2e, interaction, "may still run")
+    assert "It was not sent again" in reply.content
+    assert len(e2e.fal.submits) == 1
+
+
+async def test_sigterm_mid_job_exits_cleanly_and_the_job_completes_after_restart(make_e2e: MakeE2E) -> None:
+    e2e = await make_e2e(fal={"hold": True})
+    interaction = await inpaint(e2e)
+    await wait_text(e2e, interaction, "Queued at fal")
+    assert await e2e.bot.terminate(timeout=10) == 0
+    assert "stopped; unfinished jobs resume at the next start" in e2e.bot.log_text()
+    e2e.fal.release()
+    await e2e.bot.start()
+    final = await wait_text(e2e, interaction, "Inpainted")
+    assert len(final.attachments) == 1 and len(e2e.fal.submits) == 1
+
+
+async def test_cancel_from_a_fresh_process(make_e2e: MakeE2E) -> None:
+    e2e = await make_e2e(fal={"hold": True})
+    interaction = await inpaint(e2e)
+    reply = await wait_text(e2e, interaction, "Queued at fal")
+    await e2e.bot.kill()
+    await e2e.bot.start()
+    (button,) = [c for c in reply.custom_ids() if c.startswith("fp:cancel:")]
+    refused = await e2e.discord.click(reply.id, button, user="bob")
+    await e2e.discord.wait_for(lambda: refused.original() is not None and not refused.original().loading, 20)
+    assert "Only the member who started" in refused.original().content and e2e.fal.cancels == []
+    click = await e2e.discord.click(reply.id, button, user="alice")
+    await e2e.discord.wait_for(lambda: click.original() is not None and not click.original().loading, 20)
+    await wait_text(e2e, interaction, "Cancelled")
+    assert len(e2e.fal.cancels) == 1 and len(e2e.fal.submits) == 1
+
+
+async def test_default_pacing_causes_no_429_and_keeps_two_seconds_between_edits(make_e2e: MakeE2E) -> None:
+    e2e = await make_e2e(
+        discord={"ratelimit_headers": False},  # every edit past Discord's limit would be a 429
+        fal={"positions": [6, 5, 4, 3, 2, 1, 0], "in_progress_steps": 4},
+    )
+    interaction = await inpaint(e2e)
+    final = await wait_text(e2e, interaction, "Inpainted", timeout=60)
+    edits = e2e.discord.edits_of(final.id)
+    gaps = [b - a for a, b in itertools.pairwise(edits)]
+    assert e2e.discord.rate_limited == []
+    assert gaps and min(gaps) >= 1.9, gaps
+
+
+async def test_a_result_over_the_upload_limit_is_re_encoded_not_dropped(make_e2e: MakeE2E) -> None:
+    e2e = await make_e2e(discord={"upload_limit_bytes": 300_000}, fal={"result_noise": True})
+    interaction = await inpaint(e2e, output_format="png")
+    final = await wait_text(e2e, interaction, "Inpainted")
+    (attachment,) = final.attachments
+    assert attachment.size <= 300_000
+    assert Image.open(io.BytesIO(attachment.data)).size == (600, 400)
+    assert "upload limit" in visible_text(final)
+
+
+async def test_fifty_members_at_once(make_e2e: MakeE2E) -> None:
+    e2e = await make_e2e(fal={"positions": [1, 0]}, ui={"min_edit_interval_s": 2.0})
+    members = [f"member{n}" for n in range(50)]
+    for name in members:
+        e2e.discord.add_member(name)
+    interactions = await asyncio.gather(*(inpaint(e2e, user=name) for name in members))
+    await e2e.discord.wait_for(lambda: all(i.callbacks for i in interactions), 20)
+    assert all(i.callbacks and i.callbacks[0].type == 5 for i in interactions)
+    assert max(i.callbacks[0].time - i.created_at for i in interactions) < 3.0
+    for interaction in interactions:
+        await wait_text(e2e, interaction, "Inpainted", timeout=120)
+    assert len(e2e.fal.submits) == 50 and len(result_messages(e2e)) == 50
+    assert e2e.discord.rate_limited == []
+
+
+def bomb_png() -> bytes:
+    """400 megapixels of one colour: a few hundred kilobytes on the wire, 400 MB once decoded."""
+    out = io.BytesIO()
+    Image.new("1", (20_000, 20_000)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def text_named_png() -> bytes:
+    return b"hello, I am a text file\n" * 40
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        pytest.param({"image": ("photo.png", text_named_png())}, "isn't a picture", id="text-as-image"),
+        pytest.param({"image": ("photo.png", COFFEE[: len(COFFEE) // 2])}, "damaged or incomplete", id="truncated"),
+        pytest.param({"mask": ("mask.png", b"")}, "mask", id="empty-mask"),
+        pytest.param({"image": ("bomb.png", bomb_png())}, "the limit is 50 MP", id="decompression-bomb"),
+        pytest.param({"prompt": "   "}, "The prompt is empty", id="blank-prompt"),
+    ],
+)
+async def test_bad_input_is_refused_with_a_reason_and_nothing_reaches_fal(
+    make_e2e: MakeE2E, change: dict[str, Any], expected: str
+) -> None:
+    e2e = await make_e2e()
+    interaction = await inpaint(e2e, **change)
+    reply = await wait_text(e2e, interaction, "❌")
+    assert expected in reply.content, reply.content
+    assert "Traceback" not in reply.content and reply.attachments == []
+    assert e2e.fal.requests == []
+
+
+async def test_after_the_token_expires_the_member_is_mentioned_in_the_channel(make_e2e: MakeE2E) -> None:
+    clock = ManualClock()
+    e2e = await make_e2e(discord={"clock": clock}, fal={"hold": True})
+    interaction = await inpaint(e2e)
+    reply = await wait_text(e2e, interaction, "Queued at fal")
+    clock.advance(16 * 60)  # the interaction token is dead: 401/50027 from now on
+    e2e.fal.release()
+    pointer = await wait_text(e2e, interaction, "Done: results in")
+    (posted,) = [m for m in result_messages(e2e) if m.id != reply.id]
+    assert posted.content.startswith(f"<@{e2e.discord.user_id('alice')}>") and len(posted.attachments) == 1
+    assert str(posted.id) in pointer.content and len(e2e.fal.submits) == 1
+
+
+async def test_fal_faults_are_ridden_out_without_a_second_submit(make_e2e: MakeE2E) -> None:
+    e2e = await make_e2e(fal={"status_5xx_rate": 0.3, "drop_status_count": 2, "positions": [3, 2, 1, 0]})
+    interaction = await inpaint(e2e)
+    final = await wait_text(e2e, interaction, "Inpainted", timeout=60)
+    assert len(final.attachments) == 1 and len(e2e.fal.submits) == 1
+    assert "❌" not in visible_text(final)
+
+
+async def test_a_failed_fal_job_is_explained_and_not_retried(make_e2e: MakeE2E) -> None:
+    e2e = await make_e2e(fal={"fail_with": "Out of capacity"})
+    interaction = await inpaint(e2e)
+    reply = await wait_text(e2e, interaction, "❌")
+    assert reply.attachments == [] and len(e2e.fal.submits) == 1
+    assert "Traceback" not in reply.content
+
+
+async def test_discord_429s_on_edits_are_waited_out_and_the_result_still_arrives_once(make_e2e: MakeE2E) -> None:
+    e2e = await make_e2e(
+        discord={"ratelimit_headers": False, "edit_rate": (1, 3.0)},  # stricter than the bot's pacing
+        fal={"positions": [5, 4, 3, 2, 1, 0], "in_progress_steps": 3},
+        ui={"min_edit_interval_s": 1.0},
+    )
+    interaction = await inpaint(e2e)
+    final = await wait_text(e2e, interaction, "Inpainted", timeout=60)
+    assert e2e.discord.rate_limited, "the scenario never met a 429"
+    assert len(final.attachments) == 1 and len(result_messages(e2e)) == 1 and len(e2e.fal.submits) == 1
