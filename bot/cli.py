@@ -61,7 +61,10 @@ def setup_logging(settings: Settings) -> None:
 
 def session(settings: Settings) -> aiohttp.ClientSession:
     timeout = aiohttp.ClientTimeout(total=None, connect=settings.fal.connect_timeout_s)
-    return aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT})
+    # Every job at fal holds one connection for its status stream: leave room beside them for submits, results
+    # and downloads (aiohttp's default of 100 connections would stall everything at max_concurrent = 100).
+    connector = aiohttp.TCPConnector(limit=settings.fal.max_concurrent + 64)
+    return aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT}, connector=connector)
 
 
 @contextlib.asynccontextmanager

@@ -86,7 +86,7 @@ class FalSettings(Section):
     endpoint: str = Field("fal-ai/flux-lora/inpainting", pattern=r"^[\w.-]+/[\w.-]+(/[\w./-]+)?$")
     media_hosts: list[HostEntry] = Field(default_factory=lambda: list(FAL_MEDIA_HOSTS))
     price_per_megapixel: float = Field(0.035, ge=0)
-    max_concurrent: int = Field(2, ge=1, le=100)
+    max_concurrent: int = Field(2, ge=1, le=1000)
     upload_inputs: bool = False
     rest_base_url: HttpsUrl = "https://rest.fal.ai"
     status_mode: Literal["stream", "poll"] = "stream"

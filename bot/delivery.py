@@ -201,10 +201,10 @@ class DiscordNotifier:
                 reply = editor.wanted
                 if reply is None or reply == editor.shown:
                     return
-                editor.last_edit = self.monotonic()
                 try:
                     reached = await self._edit_reply(editor.job, reply)
                 except discord.HTTPException as exc:
+                    editor.last_edit = self.monotonic()
                     log.warning(
                         "job=%s edit failed (%s %s); will retry with the next update",
                         editor.job.id,
@@ -212,6 +212,8 @@ class DiscordNotifier:
                         exc.code,
                     )
                     return
+                # counted from the answer: Discord sees the edits at least the interval apart, whatever the latency
+                editor.last_edit = self.monotonic()
                 editor.shown = reply
                 if not reached:
                     editor.wanted = None

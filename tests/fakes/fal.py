@@ -46,7 +46,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 log = logging.getLogger(__name__)
 
 PROXY_BASE = "https://queue.fal.run"
-STREAM_TICK_S = 0.01
 PROXY_APP = "fal-ai/flux-pro"  # kkiai's documented example answers a flux-lora submit with another app's URLs
 
 
@@ -91,10 +90,13 @@ class FakeJob:
     load_error: str | None = None
     images: list[dict[str, Any]] = field(default_factory=list)
     moves: int = 0  # bumped on every change, so a waiting stream notices even a cancel at the same index
+    on_move: Callable[[], None] | None = None
 
     def move_to(self, index: int) -> None:
         self.index = min(max(index, 0), len(self.script) - 1)
         self.moves += 1
+        if self.on_move is not None:
+            self.on_move()
 
     @property
     def current(self) -> dict[str, Any]:
@@ -144,6 +146,7 @@ class FakeFal:
         slow_result_s: float = 0.0,
         cancel_running_finishes: bool = False,
         result_noise: bool = False,
+        result_echo: bool = False,
         seed: int = 0,
     ) -> None:
         """Knobs (all optional):
@@ -191,6 +194,7 @@ class FakeFal:
         self.slow_result_s = slow_result_s
         self.cancel_running_finishes = cancel_running_finishes
         self.result_noise = result_noise  # incompressible result images, for upload-limit tests
+        self.result_echo = result_echo  # the input photo comes back as the result: real content, for benchmarks
         self.base_url: str | None = None
 
         self.submits: list[Any] = []  # every submit body received, accepted or not
@@ -207,6 +211,7 @@ class FakeFal:
         self._rng = random.Random(seed)
         self._ids = itertools.count(1)
         self._closing = asyncio.Event()
+        self._poked = asyncio.Event()  # replaced on every poke: set once a job moved, the hold lifted or we close
         self._slots: dict[str, tuple[str, str]] = {}  # upload token -> (file name, content type)
 
     # wiring
@@ -242,6 +247,12 @@ class FakeFal:
 
     async def _on_shutdown(self, app: web.Application) -> None:
         self._closing.set()  # hanging submits and idle streams end, so the server stops at once
+        self._poke()
+
+    def _poke(self) -> None:
+        """Wake the streams waiting for a change (a thousand idle streams cost nothing while they wait)."""
+        self._poked.set()
+        self._poked = asyncio.Event()
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]) -> Any:
@@ -295,6 +306,7 @@ class FakeFal:
         """Let held jobs move on."""
         if self.hold is not None:
             self.hold.set()
+            self._poke()
 
     def advance(self, request_id: str, steps: int = 1) -> None:
         job = self.jobs[request_id]
@@ -303,6 +315,12 @@ class FakeFal:
     def complete(self, request_id: str) -> None:
         job = self.jobs[request_id]
         job.move_to(len(job.script) - 1)
+
+    def render_result(self, request_id: str) -> None:
+        """Make a job's result images now rather than at the first result call (benchmarks time only the bot)."""
+        job = self.jobs[request_id]
+        if not job.images:
+            job.images = self._render(job)
 
     def _held(self) -> bool:
         return self.hold is not None and not self.hold.is_set()
@@ -354,7 +372,9 @@ class FakeFal:
         if self.fail_with is not None:
             done |= {"error": self.fail_with, "error_type": "runner_server_error"}
         script.append(done)
-        job = FakeJob(request_id=request_id, app=app, endpoint=endpoint, payload=payload, script=script)
+        job = FakeJob(
+            request_id=request_id, app=app, endpoint=endpoint, payload=payload, script=script, on_move=self._poke
+        )
         self.jobs[request_id] = job
         return job
 
@@ -426,15 +446,18 @@ class FakeFal:
                 break  # closed without COMPLETED
             seen = job.moves
             self._observed(job)
-            quiet_s = 0.0
+            loop = asyncio.get_running_loop()
+            quiet_since = loop.time()
             while job.moves == seen and not self._closing.is_set():
-                await asyncio.sleep(STREAM_TICK_S)  # advance(), complete(), release() and cancels show up here
-                self._observed(job)
-                quiet_s += STREAM_TICK_S
-                if job.moves == seen and quiet_s >= self.stream_keepalive_s:
+                poked = self._poked  # advance(), complete(), release(), cancels and closing set it
+                left = quiet_since + self.stream_keepalive_s - loop.time()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(poked.wait(), max(left, 0.0))
+                self._observed(job)  # a lifted hold moves the job on here
+                if job.moves == seen and loop.time() - quiet_since >= self.stream_keepalive_s:
                     await resp.write(b": keep-alive\n\n")
                     self.keepalives_sent += 1
-                    quiet_s = 0.0
+                    quiet_since = loop.time()
             if self._closing.is_set():
                 break
         await resp.write_eof()
@@ -485,7 +508,11 @@ class FakeFal:
         width, height = self.result_size or job.input_size or (512, 512)
         images = []
         for index in range(int(job.payload.get("num_images", 1))):
-            if self.result_noise:
+            source = self._load(str(job.payload.get("image_url", ""))) if self.result_echo else None
+            if source is not None:
+                with Image.open(io.BytesIO(source)) as loaded:
+                    img = loaded.convert("RGB").resize((width, height))
+            elif self.result_noise:
                 img = Image.frombytes("RGB", (width, height), self._rng.randbytes(width * height * 3))
             else:
                 img = Image.new("RGB", (width, height), (40 * index % 256, 120, 200))
