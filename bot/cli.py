@@ -19,7 +19,8 @@ from bot import images
 from bot.config import ConfigError, Settings, load_settings, masked_dump
 from bot.downloads import fetch
 from bot.errors import UserFacingError
-from bot.fal import FalHandle, FalQueueClient, InpaintInput
+from bot.fal import FalQueueClient
+from bot.fal_models import FalHandle, InpaintInput
 from bot.progress import usd
 from bot.runner import estimate_cost
 

@@ -7,208 +7,43 @@ import contextlib
 import json
 import logging
 import random
-import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
-from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from bot.config import FalSettings, is_loopback
-from bot.errors import UserFacingError
+from bot.fal_models import (
+    MAX_DETAIL_CHARS,
+    URL_PATTERN,
+    CancelAnswer,
+    CancelOutcome,
+    FalError,
+    FalHandle,
+    FalJobError,
+    FalRejectedError,
+    FalSubmitUnknownError,
+    FalTransientError,
+    InpaintInput,
+    InpaintOutput,
+    QueueStatus,
+    SubmitAnswer,
+    UploadSlot,
+    describe_detail,
+    no_retry_header,
+    parse_retry_after,
+    retry_delay,
+)
 
 log = logging.getLogger(__name__)
 
 RETRY_BASE_S = 0.5
 RETRY_CAP_S = 30.0
-RETRY_AFTER_MAX_S = 120.0
 POLL_GROWTH = 1.5
 STREAM_IDLE_MIN_S = 45.0  # fal sends a keep-alive comment every 15 s
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
-MAX_DETAIL_CHARS = 300
-
-Status = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
-CancelOutcome = Literal["cancelled", "already_completed", "not_found"]
-"""``cancelled``: fal accepted the cancel (202 CANCELLATION_REQUESTED); a running job may still finish and bill."""
-
-
-# errors
-
-
-class FalError(UserFacingError):
-    """Base of this module's errors; ``str()`` never holds the key or a URL with a token."""
-
-
-class FalTransientError(FalError):
-    """Network trouble, timeouts, 429 or 5xx after the retries: may succeed later; a job at fal may still be alive."""
-
-
-class FalRejectedError(FalError):
-    """fal refused the request (4xx, a refused key): retrying the same request cannot help."""
-
-
-class FalSubmitUnknownError(FalError):
-    """The job was sent but never answered: it may run and be billed, so it is never sent again."""
-
-
-class FalJobError(FalError):
-    """fal ended the job with an error, or no longer has its result."""
-
-
-# wire models
-
-
-class _Answer(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # proxies add fields
-
-
-class LoraWeight(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    path: str
-    scale: float = 1.0
-
-
-class InpaintInput(BaseModel):
-    """The body of a ``fal-ai/flux-lora/inpainting`` submit; ranges are checked before (and by fal)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    prompt: str
-    image_url: str
-    mask_url: str
-    strength: float = 0.85
-    num_inference_steps: int = 28
-    guidance_scale: float = 3.5
-    num_images: int = 1
-    seed: int | None = None
-    enable_safety_checker: bool = True
-    output_format: Literal["jpeg", "png"] = "jpeg"
-    loras: list[LoraWeight] = Field(default_factory=list)
-
-    def to_wire(self) -> dict[str, Any]:
-        """The JSON body: no ``seed`` when random, no ``loras`` when empty (proxies do not list the field)."""
-        data = self.model_dump(mode="json", exclude_none=True)
-        if not self.loras:
-            del data["loras"]
-        return data
-
-
-class FalHandle(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    request_id: str
-    status_url: str
-    response_url: str
-    cancel_url: str
-
-
-class QueueStatus(_Answer):
-    status: Status
-    queue_position: int | None = None  # requests ahead of this one, only while IN_QUEUE
-    error: str | None = None  # COMPLETED with an error: the job failed or was cancelled
-    error_type: str | None = None
-
-    @property
-    def progress(self) -> tuple[str, int | None]:
-        """What a member would see change: the status, and the position while queued."""
-        return self.status, self.queue_position if self.status == "IN_QUEUE" else None
-
-
-class FalImage(_Answer):
-    url: str
-    width: int | None = None
-    height: int | None = None
-    content_type: str | None = None
-
-
-class InpaintOutput(_Answer):
-    images: list[FalImage]
-    seed: int | None = None
-    has_nsfw_concepts: list[bool] = Field(default_factory=list)
-    prompt: str | None = None
-
-
-class _Submitted(_Answer):
-    request_id: str = Field(min_length=1, max_length=200)
-    status: Status = "IN_QUEUE"
-    queue_position: int | None = None
-    status_url: str | None = None
-
-
-class _CancelAnswer(_Answer):
-    status: str | None = None
-    success: bool | None = None
-
-
-class _UploadSlot(_Answer):
-    upload_url: str
-    file_url: str
-
-
-# pure decisions
-
-
-def retry_delay(attempt: int, *, base: float, cap: float, rand: float, retry_after: float | None = None) -> float:
-    """Seconds before retry ``attempt`` (0 = the first): full jitter under ``min(cap, base·2^attempt)``.
-
-    A server's ``Retry-After`` wins, clamped to ``[0, RETRY_AFTER_MAX_S]``.
-    """
-    if retry_after is not None:
-        return min(max(retry_after, 0.0), RETRY_AFTER_MAX_S)
-    ceiling = min(cap, base * 2.0 ** min(max(attempt, 0), 60))
-    return ceiling * min(max(rand, 0.0), 1.0)
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """``Retry-After`` as seconds (delta-seconds or an HTTP date); ``None`` when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
-
-
-def describe_detail(body: object) -> str | None:
-    """fal's ``detail`` (a list of ``{loc, msg}`` or a string) as one sentence; never echoes ``input``."""
-    detail = body.get("detail") if isinstance(body, dict) else None
-    if isinstance(detail, str):
-        return detail or None
-    if not isinstance(detail, list):
-        return None
-    parts = []
-    for item in detail:
-        if not isinstance(item, dict):
-            continue
-        raw_loc = item.get("loc") or []
-        loc = [str(p) for p in (raw_loc if isinstance(raw_loc, list) else [raw_loc]) if p != "body"]
-        msg = str(item.get("msg") or item.get("type") or "invalid")
-        parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
-    return "; ".join(parts) or None
-
-
-_URL = re.compile(r"\b(?:https?|data):\S+", re.IGNORECASE)
-
-
-def _no_retry_header(headers: Mapping[str, str]) -> bool:
-    for name in ("X-Fal-Retryable", "X-Fal-Needs-Retry"):
-        if headers.get(name, "").strip().lower() in ("0", "false", "no"):
-            return True
-    return headers.get("X-Fal-Request-Timeout-Type", "").lower() == "user"  # start_timeout expired: never retry
-
 
 # transport
 
@@ -326,7 +161,7 @@ class FalQueueClient:
         """Text from fal made fit for members: no key, no URLs, one line, bounded."""
         if key := self._settings.key.get_secret_value():
             text = text.replace(key, "[redacted]")
-        text = " ".join(_URL.sub("(a link)", text).split())
+        text = " ".join(URL_PATTERN.sub("(a link)", text).split())
         return text if len(text) <= MAX_DETAIL_CHARS else text[: MAX_DETAIL_CHARS - 1] + "…"
 
     def _detail(self, reply: _Reply) -> str:
@@ -417,7 +252,7 @@ class FalQueueClient:
                 retryable = reply.status in (408, 429) or (
                     reply.status >= 500 and not (final_5xx and reply.is_model_answer())
                 )
-                if not retryable or _no_retry_header(reply.headers):
+                if not retryable or no_retry_header(reply.headers):
                     return reply
                 problem = f"HTTP {reply.status}"
                 retry_after = parse_retry_after(reply.headers.get("Retry-After"))
@@ -459,7 +294,7 @@ class FalQueueClient:
                 if not (reply.status == 429 or (reply.status == 503 and "x-fal-request-id" not in reply.headers)):
                     return self._submitted(reply)
                 problem = f"HTTP {reply.status}"
-                if _no_retry_header(reply.headers):
+                if no_retry_header(reply.headers):
                     break
                 retry_after = parse_retry_after(reply.headers.get("Retry-After"))
             if attempt < self._settings.max_retries:
@@ -472,7 +307,7 @@ class FalQueueClient:
     def _submitted(self, reply: _Reply) -> tuple[FalHandle, QueueStatus]:
         if reply.ok:
             try:
-                answer = _Submitted.model_validate_json(reply.body)
+                answer = SubmitAnswer.model_validate_json(reply.body)
             except ValidationError as exc:
                 log.error("fal submit answer unreadable; not re-sent")
                 raise FalSubmitUnknownError(
@@ -651,9 +486,9 @@ class FalQueueClient:
         handle = self._own(handle)
         reply = await self._call("PUT", handle.cancel_url, what="cancelling the job")
         try:
-            answer = _CancelAnswer.model_validate_json(reply.body)
+            answer = CancelAnswer.model_validate_json(reply.body)
         except ValidationError:
-            answer = _CancelAnswer()
+            answer = CancelAnswer()
         said = (answer.status or "").upper()
         if reply.ok:
             if said == "ALREADY_COMPLETED" or answer.success is False:
@@ -693,7 +528,7 @@ class FalQueueClient:
         if not reply.ok:
             raise FalRejectedError(f"fal refused the upload ({self._detail(reply)}).")
         try:
-            slot = _UploadSlot.model_validate_json(reply.body)
+            slot = UploadSlot.model_validate_json(reply.body)
         except ValidationError as exc:
             raise FalTransientError("fal's upload answer could not be read.") from exc
         target = urlsplit(slot.upload_url)

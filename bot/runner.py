@@ -13,7 +13,8 @@ from bot import images
 from bot.config import Settings
 from bot.downloads import DownloadError, fetch
 from bot.errors import UserFacingError
-from bot.fal import FalHandle, FalJobError, FalQueueClient, FalRejectedError, FalSubmitUnknownError, InpaintInput
+from bot.fal import FalQueueClient
+from bot.fal_models import FalHandle, FalJobError, FalRejectedError, FalSubmitUnknownError, InpaintInput
 from bot.files import JobFiles
 from bot.models import Job, JobState, utcnow
 from bot.progress import JobNotifier, ResultFile, progress_reply, result_reply

@@ -20,11 +20,11 @@ from pytest_aiohttp import AiohttpServer
 
 from bot.config import FalSettings
 from bot.errors import UserFacingError
-from bot.fal import (
+from bot.fal import FalQueueClient
+from bot.fal_models import (
     FalError,
     FalHandle,
     FalJobError,
-    FalQueueClient,
     FalRejectedError,
     FalSubmitUnknownError,
     FalTransientError,
