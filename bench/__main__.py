@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ BENCHES: dict[str, tuple[str, Callable[[], Awaitable[list[Figure]]]]] = {
 
 async def main(names: list[str]) -> None:
     print(f"fluxpaint benchmarks: Python {platform.python_version()}, {platform.machine()}, ", end="")
-    print(f"{len(__import__('os').sched_getaffinity(0))} CPU(s), {time.strftime('%Y-%m-%d')}")
+    print(f"{len(os.sched_getaffinity(0))} CPU(s), {time.strftime('%Y-%m-%d')}")
     for name in names:
         title, bench = BENCHES[name]
         started = time.monotonic()
@@ -32,6 +33,8 @@ async def main(names: list[str]) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("names", nargs="*", choices=[*BENCHES, []], default=list(BENCHES), metavar="name")
+    parser.add_argument("names", nargs="*", metavar="name", help=f"any of {', '.join(BENCHES)} (default: all)")
     args = parser.parse_args()
+    if unknown := [n for n in args.names if n not in BENCHES]:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
     asyncio.run(main(args.names or list(BENCHES)))

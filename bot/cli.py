@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
+import pydantic
 
 from bot import images
 from bot.config import ConfigError, Settings, load_settings, masked_dump
@@ -21,6 +22,7 @@ from bot.downloads import fetch
 from bot.errors import UserFacingError
 from bot.fal import FalQueueClient
 from bot.fal_models import FalHandle, InpaintInput
+from bot.models import InpaintOptions
 from bot.progress import usd
 from bot.runner import estimate_cost
 
@@ -81,7 +83,7 @@ async def runtime(settings: Settings) -> AsyncIterator[FluxpaintBot]:
     point_at(settings.discord)
     async with session(settings) as http, await JobStore.open(data_dir / "fluxpaint.sqlite3") as store:
         bot = FluxpaintBot(settings)
-        notifier = DiscordNotifier(bot, store, settings.ui)
+        notifier = DiscordNotifier(bot, store, settings.ui, max_request_bytes=settings.discord.max_request_bytes)
         service = JobService(
             settings=settings,
             store=store,
@@ -126,11 +128,35 @@ def _progress(text: str) -> None:
     sys.stderr.flush()
 
 
-async def inpaint_once(settings: Settings, args: argparse.Namespace, image: bytes, mask: bytes | None) -> int:
-    prepared = await asyncio.to_thread(images.prepare, image, mask, invert=args.invert_mask, limits=settings.limits)
+def _options(args: argparse.Namespace) -> InpaintOptions:
+    """The options checked as /inpaint checks them, before any file is read or anything is sent."""
+    if not args.prompt.strip():
+        raise ValueError("--prompt is empty; describe what should appear in the masked area")
+    try:
+        return InpaintOptions(
+            prompt=args.prompt.strip(),
+            strength=args.strength,
+            num_images=args.num_images,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
+            seed=args.seed,
+            output_format=args.output_format,
+            invert_mask=args.invert_mask,
+        )
+    except pydantic.ValidationError as exc:
+        problems = [f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors()]
+        raise ValueError("; ".join(problems)) from None
+
+
+async def inpaint_once(
+    settings: Settings, args: argparse.Namespace, options: InpaintOptions, image: bytes, mask: bytes | None
+) -> int:
+    prepared = await asyncio.to_thread(images.prepare, image, mask, invert=options.invert_mask, limits=settings.limits)
     for note in prepared.notes:
         print(f"note: {note}", file=sys.stderr)
-    cost = estimate_cost(settings.fal.price_per_megapixel, prepared.sent_width, prepared.sent_height, args.num_images)
+    cost = estimate_cost(
+        settings.fal.price_per_megapixel, prepared.sent_width, prepared.sent_height, options.num_images
+    )
     print(f"estimated cost: {usd(cost)}", file=sys.stderr)
     out_dir = Path(args.out)
     async with session(settings) as http:
@@ -142,15 +168,15 @@ async def inpaint_once(settings: Settings, args: argparse.Namespace, image: byte
             image_url = images.data_uri(prepared.image, prepared.image_mime)
             mask_url = images.data_uri(prepared.mask, "image/png")
         payload = InpaintInput(
-            prompt=args.prompt,
+            prompt=options.prompt,
             image_url=image_url,
             mask_url=mask_url,
-            strength=args.strength,
-            num_inference_steps=args.num_inference_steps,
-            guidance_scale=args.guidance_scale,
-            num_images=args.num_images,
-            seed=args.seed,
-            output_format=args.output_format,
+            strength=options.strength,
+            num_inference_steps=options.num_inference_steps,
+            guidance_scale=options.guidance_scale,
+            num_images=options.num_images,
+            seed=options.seed,
+            output_format=options.output_format,
         )
         handle, _ = await fal.submit(payload)
         print(f"request id: {handle.request_id}", file=sys.stderr)
@@ -176,12 +202,11 @@ async def inpaint_once(settings: Settings, args: argparse.Namespace, image: byte
                 raw,
                 width=prepared.width,
                 height=prepared.height,
-                output_format=args.output_format,
+                output_format=options.output_format,
                 limits=settings.limits,
             )
-            path = (
-                out_dir / f"{Path(args.image).stem}-inpainted-{index}.{'png' if args.output_format == 'png' else 'jpg'}"
-            )
+            suffix = "png" if options.output_format == "png" else "jpg"
+            path = out_dir / f"{Path(args.image).stem}-inpainted-{index}.{suffix}"
             await asyncio.to_thread(path.write_bytes, final)
             print(path)
         print(f"seed: {output.seed}", file=sys.stderr)
@@ -237,10 +262,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings)
     if command == "inpaint":
         try:
+            options = _options(args)
+        except ValueError as exc:
+            print(f"fluxpaint: {exc}", file=sys.stderr)
+            return 2
+        try:
             image = Path(args.image).read_bytes()
             mask = Path(args.mask).read_bytes() if args.mask else None
             Path(args.out).mkdir(parents=True, exist_ok=True)
-            return asyncio.run(inpaint_once(settings, args, image, mask))
+            return asyncio.run(inpaint_once(settings, args, options, image, mask))
         except UserFacingError as exc:
             print(f"\nfluxpaint: {exc.message}", file=sys.stderr)
             return 1

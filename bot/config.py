@@ -74,6 +74,9 @@ class DiscordSettings(Section):
     token: SecretStr
     guild_ids: list[int] = Field(default_factory=list)
     attachment_hosts: list[HostEntry] = Field(default_factory=lambda: list(DISCORD_CDN_HOSTS))
+    # Discord refuses a request over 25 MiB, whatever a boosted server's per-file limit; results are split and
+    # re-encoded to stay under this (the JSON part needs a little room).
+    max_request_bytes: int = Field(24 * MiB, ge=64 * 1024, le=25 * MiB)
     # For the end-to-end rig only: point discord.py at a fake Discord on loopback.
     api_base_url: HttpsUrl | None = None
     gateway_url: WssUrl | None = None
@@ -126,6 +129,7 @@ class UiSettings(Section):
 class StorageSettings(Section):
     data_dir: Path = Path("data")
     keep_finished_days: float = Field(30.0, gt=0)
+    prune_interval_s: float = Field(3600.0, gt=0)
 
 
 class BudgetSettings(Section):

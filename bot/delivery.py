@@ -87,6 +87,7 @@ class DiscordNotifier:
         store: JobStore,
         ui: UiSettings,
         *,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
         monotonic: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -94,6 +95,7 @@ class DiscordNotifier:
         self.client = client
         self.store = store
         self.ui = ui
+        self.max_request_bytes = max_request_bytes
         self.monotonic = monotonic
         self.now = now
         self.sleep = sleep
@@ -240,7 +242,8 @@ class DiscordNotifier:
             # Let an edit under way finish rather than cancel it: discord.py's webhook adapter can keep its
             # per-webhook lock forever when a request is cancelled during its rate-limit sleep.
             await asyncio.wait([editor.task])
-        limit = job.origin.upload_limit_bytes
+        # a boosted server's per-file limit can exceed what one request may carry
+        limit = min(job.origin.upload_limit_bytes, self.max_request_bytes)
         fitted: list[ResultFile] = []
         notes: list[str] = []
         for file in files:
@@ -256,7 +259,7 @@ class DiscordNotifier:
         if notes and reply.embed is not None:
             extra = "\n".join(f"ℹ️ {n}" for n in notes)
             reply = Reply(content=reply.content, embed=_with_extra(reply.embed, extra))
-        parts = batches(fitted)
+        parts = batches(fitted, max_bytes=self.max_request_bytes)
         async with editor.lock:
             await self._wait_turn(editor)
             await self._post_parts(job, reply, parts)

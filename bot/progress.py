@@ -92,7 +92,7 @@ def status_line(job: Job, *, line_position: int | None = None, held: str | None 
             return "🔎 Checking your image and mask…"
         case JobState.WAITING:
             where = f"#{line_position} in this bot's queue" if line_position else "in this bot's queue"
-            return f"⏳ Waiting: {where} (fal runs a few jobs at a time for this server)"
+            return f"⏳ Waiting: {where} (fal runs a few jobs at a time for this bot)"
         case JobState.SUBMITTING:
             return "📨 Sending to fal…"
         case JobState.QUEUED:

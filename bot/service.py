@@ -25,7 +25,6 @@ from bot.store import JobStore
 
 log = logging.getLogger(__name__)
 
-PRUNE_INTERVAL_S = 3600.0
 RESTARTED_WHILE_CHECKING = "The bot restarted while checking your upload; please run /inpaint again."
 
 
@@ -129,7 +128,7 @@ class JobService:
                 await self.prune()
             except OSError as exc:
                 log.warning("pruning failed (%s); trying again later", exc)
-            await asyncio.sleep(PRUNE_INTERVAL_S)
+            await asyncio.sleep(self.settings.storage.prune_interval_s)
 
     async def close(self, grace_s: float = 5.0) -> None:
         """Stop taking jobs; let a submit under way be recorded; everything else resumes at the next start."""
@@ -181,7 +180,8 @@ class JobService:
             where = ", ".join(f"<#{cid}>" for cid in access.channel_ids)
             raise RefusedError(f"/inpaint can be used in {where}.")
         if access.role_ids and not set(access.role_ids) & set(origin.role_ids):
-            raise RefusedError("/inpaint is limited to members with certain roles in this server.")
+            roles = ", ".join(f"<@&{rid}>" for rid in access.role_ids)
+            raise RefusedError(f"/inpaint is limited to members with one of these roles: {roles}.")
 
     def _effective_options(self, options: InpaintOptions, origin: Origin) -> InpaintOptions:
         limits, safety = self.settings.limits, self.settings.safety
@@ -234,6 +234,8 @@ class JobService:
         job = Job(origin=origin, options=options)
         await self.store.create(job)
         log.info("job=%s guild=%s user=%s accepted", job.id, origin.guild_id, origin.user_id)
+        if self.settings.logging.log_prompts:
+            log.info("job=%s prompt=%r", job.id, options.prompt)
         try:
             await self._prepare(job, image, mask)
             exempt = bool(set(self.settings.budgets.exempt_role_ids) & set(origin.role_ids))

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
+from pydantic import SecretStr
 
 from bot.app import FluxpaintBot
 from bot.models import InpaintOptions, Origin, Upload
 from bot.service import JobService
 
 
-def _origin(interaction: discord.Interaction, message_id: int | None) -> Origin:
+def _origin(interaction: discord.Interaction, message_id: int | None, token_ttl_s: float) -> Origin:
     channel = interaction.channel
     nsfw = bool(getattr(channel, "is_nsfw", lambda: False)())
     roles = tuple(r.id for r in getattr(interaction.user, "roles", ()))
@@ -24,8 +26,9 @@ def _origin(interaction: discord.Interaction, message_id: int | None) -> Origin:
         channel_id=interaction.channel_id,
         application_id=interaction.application_id,
         interaction_id=interaction.id,
-        interaction_token=interaction.token,  # type: ignore[arg-type]
-        token_expires_at=interaction.expires_at,
+        interaction_token=SecretStr(interaction.token),
+        # Discord's 15 minutes, or less when ui.token_ttl_s says so (to try the channel routes sooner)
+        token_expires_at=min(interaction.expires_at, interaction.created_at + timedelta(seconds=token_ttl_s)),
         channel_nsfw=nsfw,
         upload_limit_bytes=interaction.filesize_limit,
         role_ids=roles,
@@ -85,7 +88,8 @@ class Inpaint(commands.Cog):
             output_format=output_format,
             invert_mask=invert_mask,
         )
-        await self.service.accept(options, _origin(interaction, message_id), _upload(image), mask and _upload(mask))
+        origin = _origin(interaction, message_id, self.service.settings.ui.token_ttl_s)
+        await self.service.accept(options, origin, _upload(image), _upload(mask) if mask else None)
 
 
 async def setup(bot: FluxpaintBot) -> None:

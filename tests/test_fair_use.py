@@ -138,3 +138,52 @@ async def test_usage_shows_a_members_own_spend_privately(make_rig: MakeRig) -> N
     usage = await rig.discord.slash("usage", user="alice")
     text = await answer_to(rig, usage)
     assert "Your spend today: $0.008" in text and "$0.992 left" in text
+
+
+@pytest.mark.parametrize(
+    ("access", "expected"),
+    [
+        pytest.param({"guild_ids": [1]}, "isn't enabled in this server", id="other-guild"),
+        pytest.param({"channel_ids": ["nsfw-art"]}, "/inpaint can be used in <#{nsfw-art}>", id="other-channel"),
+        pytest.param({"role_ids": ["Moderator"]}, "one of these roles: <@&{Moderator}>", id="role-missing"),
+    ],
+)
+async def test_access_lists_refuse_with_where_and_nothing_reaches_fal(
+    make_rig: MakeRig, access: dict[str, list[object]], expected: str
+) -> None:
+    rig = await make_rig(start=False)
+    ids = {"nsfw-art": rig.discord.channel_id("nsfw-art"), "Moderator": int(rig.discord.roles["Moderator"]["id"])}
+    resolved = {key: [ids.get(v, v) if isinstance(v, str) else v for v in values] for key, values in access.items()}
+    await rig.start(rig.settings.model_copy(update={"access": rig.settings.access.model_copy(update=resolved)}))
+    interaction = await rig.inpaint(COFFEE, COFFEE_MASK, user="alice", channel="general")
+    reply = await rig.wait_text(interaction, "❌")
+    assert expected.format(**ids) in reply.content, reply.content
+    assert rig.fal.requests == [] and reply.attachments == []
+
+
+async def test_a_third_unfinished_job_is_refused_with_the_cap(make_rig: MakeRig) -> None:
+    rig = await make_rig(fal={"hold": True})
+    for n in range(2):
+        await rig.wait_text(await rig.inpaint(COFFEE, COFFEE_MASK, prompt=f"job {n}"), "Queued at fal")
+    third = await rig.inpaint(COFFEE, COFFEE_MASK, prompt="job 3")
+    reply = await rig.wait_text(third, "❌")
+    assert "2 unfinished jobs" in reply.content, reply.content
+    assert len(rig.fal.submits) == 2
+
+
+async def test_cancel_while_waiting_in_line_never_reaches_fal(make_rig: MakeRig) -> None:
+    rig = await make_rig(fal={"hold": True}, fal_settings={"max_concurrent": 1})
+    first = await rig.inpaint(COFFEE, COFFEE_MASK, user="bob")
+    await rig.wait_text(first, "Queued at fal")
+    waiting = await rig.inpaint(COFFEE, COFFEE_MASK, user="alice")
+    reply = await rig.wait_text(waiting, "in this bot's queue")
+    await rig.discord.wait_for(lambda: any(c.startswith("fp:cancel:") for c in reply.custom_ids()))
+    (button,) = reply.custom_ids()
+    click = await rig.discord.click(reply.id, button, user="alice")
+    assert "before it reached fal" in await answer_to(rig, click)
+    await rig.wait_text(waiting, "Cancelled")
+    rig.fal.release()
+    await rig.wait_text(first, "Inpainted")
+    assert len(rig.fal.submits) == 1 and rig.fal.cancels == []
+    usage = await rig.discord.slash("usage", user="alice")
+    assert "Your spend today: $0.000" in await answer_to(rig, usage)

@@ -32,13 +32,24 @@ async def test_happy_path_shows_positions_and_posts_images(make_rig: MakeRig) ->
     rig = await make_rig(
         fal={"positions": [3, 2, 1, 0]}, ui={"min_edit_interval_s": 0}, discord={"edit_rate": (50, 5.0)}
     )
-    interaction = await rig.inpaint(COFFEE, COFFEE_MASK, prompt="a latte art heart", num_images=2, output_format="png")
+    interaction = await rig.inpaint(
+        COFFEE,
+        COFFEE_MASK,
+        prompt="a latte art heart",
+        num_images=2,
+        output_format="png",
+        strength=0.6,
+        num_inference_steps=20,
+        guidance_scale=5.0,
+        seed=1234,
+    )
     final = await rig.wait_text(interaction, "Inpainted", timeout=30)
 
     assert interaction.callbacks[0].type == 5  # deferred before anything else
     texts = shown_texts(rig, interaction)
     positions = [t for t in texts if "Queued at fal: position" in t]
     assert any("position 3" in t for t in positions), texts
+    assert all("est. $0.017" in t for t in positions), texts  # 2 × 0.24 MP at $0.035
     assert any("position 1" in t for t in positions), texts
     assert [p for p in (3, 2, 1) if any(f"position {p}" in t for t in positions)] == [3, 2, 1]
 
@@ -54,6 +65,9 @@ async def test_happy_path_shows_positions_and_posts_images(make_rig: MakeRig) ->
     submitted = rig.fal.submits[0]
     assert submitted["prompt"] == "a latte art heart" and submitted["num_images"] == 2
     assert submitted["output_format"] == "png" and submitted["enable_safety_checker"] is True
+    assert (submitted["strength"], submitted["num_inference_steps"]) == (0.6, 20)
+    assert (submitted["guidance_scale"], submitted["seed"]) == (5.0, 1234)
+    assert "Seed 1234" in text or "1234" in text
     assert rig.discord.rate_limited == [] and rig.discord.unknown_routes == [] and rig.discord.errors == []
 
 
@@ -101,12 +115,15 @@ async def test_image_over_the_byte_limit_is_refused_before_download(make_rig: Ma
 
 
 async def test_status_errors_do_not_stop_a_job(make_rig: MakeRig) -> None:
-    rig = await make_rig(fal={"status_5xx_rate": 0.3, "positions": [2, 1, 0], "in_progress_steps": 3})
+    rig = await make_rig(
+        fal={"status_5xx_rate": 0.3, "positions": [2, 1, 0], "in_progress_steps": 3},
+        fal_settings={"status_mode": "poll", "poll_interval_s": 0.05, "max_poll_interval_s": 0.1},
+    )
     interaction = await rig.inpaint(COFFEE, COFFEE_MASK)
     final = await rig.wait_text(interaction, "Inpainted", timeout=30)
     assert len(final.attachments) == 1
     assert len(rig.fal.submits) == 1 and rig.fal.status_calls > 6
-    assert any(r.status >= 500 for r in rig.fal.requests if hasattr(r, "status")) or rig.fal.status_calls > 6
+    assert any(r.status == 503 for r in rig.fal.requests)  # the faults did happen
 
 
 async def test_fal_job_error_is_reported_honestly(make_rig: MakeRig) -> None:
@@ -245,3 +262,92 @@ async def test_blocked_terms_are_refused_before_submit(make_rig: MakeRig) -> Non
     interaction = await rig.inpaint(COFFEE, COFFEE_MASK, prompt="a forbidden thing in a cup")
     reply = await rig.wait_text(interaction, "❌")
     assert "isn't allowed" in reply.content and rig.fal.submits == []
+
+
+async def test_commands_are_synced_only_when_they_change(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+
+    def puts() -> list[str]:
+        return [r.path for r in rig.discord.requests if r.method == "PUT" and r.path.endswith("/commands")]
+
+    assert len(puts()) == 1 and {c["name"] for c in rig.discord.commands[None]} >= {"inpaint", "usage", "fluxpaint"}
+    await rig.restart()
+    assert len(puts()) == 1  # same definitions: Discord's daily creation limit is left alone
+    (marker,) = (rig.settings.storage.data_dir).glob("commands-global.sha256")
+    marker.write_text("definitions of an older version")
+    await rig.restart()
+    assert len(puts()) == 2
+    guild = rig.discord.guild_id
+    await rig.stop()
+    await rig.start(
+        rig.settings.model_copy(update={"discord": rig.settings.discord.model_copy(update={"guild_ids": [guild]})})
+    )
+    assert puts()[-1].endswith(f"/guilds/{guild}/commands") and len(puts()) == 3
+    assert {c["name"] for c in rig.discord.commands[guild]} >= {"inpaint", "usage", "fluxpaint"}
+
+
+async def test_a_result_fal_no_longer_has_is_reported_after_a_restart(make_rig: MakeRig) -> None:
+    rig = await make_rig(fal={"hold": True})
+    interaction = await rig.inpaint(COFFEE, COFFEE_MASK)
+    await queued_reply(rig, interaction)
+    await rig.stop()
+    (request_id,) = rig.fal.jobs
+    rig.fal.complete(request_id)
+    rig.fal.result_expired = True  # the bot was down longer than fal keeps results
+    await rig.start()
+    reply = await rig.wait_text(interaction, "❌")
+    assert "fal no longer has this job's result" in reply.content
+    assert reply.attachments == [] and reply.components == [] and len(rig.fal.submits) == 1
+
+
+async def test_a_short_token_life_moves_updates_to_the_channel_routes_before_discord_refuses(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig(fal={"hold": True}, ui={"token_ttl_s": 0.001, "token_margin_s": 0})
+    interaction = await rig.inpaint(COFFEE, COFFEE_MASK)
+    reply = await rig.wait_text(interaction, "Queued at fal")
+    rig.fal.release()
+    await rig.wait_text(interaction, "Done: results in")
+    webhook_edits = [r for r in rig.discord.requests if r.route_key == WEBHOOK_EDIT]
+    assert webhook_edits == [] and not any(r.status == 401 for r in rig.discord.requests)
+    (posted,) = [m for m in rig.discord.messages_in("general") if m.id != reply.id]
+    assert posted.content.startswith(f"<@{rig.discord.user_id('alice')}>") and len(posted.attachments) == 1
+
+
+async def test_a_channel_the_bot_may_not_post_in_gets_the_results_by_dm(make_rig: MakeRig) -> None:
+    from tests.fakes.discord import ManualClock
+
+    clock = ManualClock()
+    rig = await make_rig(fal={"hold": True}, discord={"clock": clock})
+    interaction = await rig.inpaint(COFFEE, COFFEE_MASK)
+    await queued_reply(rig, interaction)
+    clock.advance(16 * 60)  # the token is dead, so only the bot's own routes remain
+    rig.discord.forbidden_channels.add(rig.discord.channel_id("general"))
+    rig.fal.release()
+
+    def dm_with_results() -> bool:
+        try:
+            return any(m.attachments for m in rig.discord.messages_in("@alice"))
+        except KeyError:
+            return False
+
+    await rig.discord.wait_for(dm_with_results, 20)
+    (dm,) = rig.discord.messages_in("@alice")
+    assert "couldn't post in" in dm.content and len(dm.attachments) == 1
+    assert rig.discord.errors == [] and len(rig.fal.submits) == 1
+
+
+async def test_finished_jobs_and_their_files_are_pruned_after_the_keep_period(make_rig: MakeRig) -> None:
+    rig = await make_rig(storage={"keep_finished_days": 30})
+    interaction = await rig.inpaint(COFFEE, COFFEE_MASK)
+    await rig.wait_text(interaction, "Inpainted")
+    (job_dir,) = (rig.settings.storage.data_dir / "jobs").iterdir()
+    assert rig.bot is not None
+    assert await rig.bot.service.prune() == 0  # finished just now: kept
+    assert job_dir.exists() and await rig.bot.service.store.get(job_dir.name) is not None
+    storage = rig.settings.storage.model_copy(update={"keep_finished_days": 1e-9})
+    await rig.stop()
+    await rig.start(rig.settings.model_copy(update={"storage": storage}))
+    assert rig.bot is not None
+    await rig.bot.service.prune()  # also runs at every start and every storage.prune_interval_s
+    assert not job_dir.exists() and await rig.bot.service.store.get(job_dir.name) is None

@@ -29,12 +29,16 @@ async def make_e2e(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[MakeE2E
     made: list[E2E] = []
 
     async def make(
-        *, discord: dict[str, Any] | None = None, fal: dict[str, Any] | None = None, **sections: dict[str, Any]
+        *,
+        fake_discord: dict[str, Any] | None = None,
+        fake_fal: dict[str, Any] | None = None,
+        **sections: dict[str, Any],
     ) -> E2E:
-        fake_discord = await start_fake_discord(aiohttp_server, **(discord or {}))
-        fake_fal = await start_fake_fal(aiohttp_server, **(fal or {}))
-        config = config_for(tmp_path, fake_discord, fake_fal, sections)
-        rig = E2E(fake_discord, fake_fal, BotProcess(tmp_path, fake_discord, fake_fal, config))
+        """Knobs of the fakes, and config sections on top of the rig's (``fal={"max_concurrent": 1}``)."""
+        discord = await start_fake_discord(aiohttp_server, **(fake_discord or {}))
+        fal = await start_fake_fal(aiohttp_server, **(fake_fal or {}))
+        config = config_for(tmp_path, discord, fal, sections)
+        rig = E2E(discord, fal, BotProcess(tmp_path, discord, fal, config))
         made.append(rig)
         await rig.bot.start()
         return rig

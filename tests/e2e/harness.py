@@ -113,10 +113,10 @@ class BotProcess:
         self.proc.kill()
         await self.proc.wait()
 
-    async def terminate(self, timeout: float = 10) -> int:  # noqa: ASYNC109
-        """SIGTERM, as ``docker stop`` sends; returns the exit code (Docker's default stop timeout is 10 s)."""
+    async def terminate(self, timeout: float = 10, sig: int = signal.SIGTERM) -> int:  # noqa: ASYNC109
+        """SIGTERM as ``docker stop`` sends (or SIGINT, Ctrl-C); the exit code (Docker's stop timeout is 10 s)."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(sig)
         return await asyncio.wait_for(self.proc.wait(), timeout)
 
     async def close(self) -> None:

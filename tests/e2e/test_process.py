@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import signal
 from typing import Any
 
 import pytest
@@ -67,7 +68,7 @@ def result_messages(e2e):  # type: ignore[no-untyped-def]
 
 
 async def test_happy_path_against_the_real_process(make_e2e: MakeE2E) -> None:
-    e2e = await make_e2e(fal={"positions": [2, 1, 0]})
+    e2e = await make_e2e(fake_fal={"positions": [2, 1, 0]})
     interaction = await inpaint(e2e, num_images=2, output_format="png")
     final = await wait_text(e2e, interaction, "Inpainted")
     assert interaction.callbacks[0].type == 5
@@ -82,7 +83,7 @@ async def test_happy_path_against_the_real_process(make_e2e: MakeE2E) -> None:
 
 
 async def test_kill_9_while_queued_then_restart_delivers_once(make_e2e: MakeE2E) -> None:
-    e2e = await make_e2e(fal={"hold": True})
+    e2e = await make_e2e(fake_fal={"hold": True})
     interaction = await inpaint(e2e)
     await wait_text(e2e, interaction, "Queued at fal")
     await e2e.bot.kill()
@@ -95,7 +96,7 @@ async def test_kill_9_while_queued_then_restart_delivers_once(make_e2e: MakeE2E)
 
 async def test_kill_9_after_discord_took_the_upload_posts_it_once(make_e2e: MakeE2E) -> None:
     gate = asyncio.Event()
-    e2e = await make_e2e(discord={"upload_gate": gate})
+    e2e = await make_e2e(fake_discord={"upload_gate": gate})
     interaction = await inpaint(e2e, num_images=2)
     await e2e.discord.wait_for(lambda: e2e.discord.uploads_waiting > 0, 20)
     await e2e.bot.kill()  # Discord has the images; the bot never heard back
@@ -108,7 +109,7 @@ async def test_kill_9_after_discord_took_the_upload_posts_it_once(make_e2e: Make
 
 
 async def test_kill_9_during_submit_never_resubmits(make_e2e: MakeE2E) -> None:
-    e2e = await make_e2e(fal={"hang_submit": True})
+    e2e = await make_e2e(fake_fal={"hang_submit": True})
     interaction = await inpaint(e2e)
     await eventually(e2e, lambda: len(e2e.fal.submits) == 1, "the submit")
     await e2e.bot.kill()
@@ -119,11 +120,12 @@ async def test_kill_9_during_submit_never_resubmits(make_e2e: MakeE2E) -> None:
     assert len(e2e.fal.submits) == 1
 
 
-async def test_sigterm_mid_job_exits_cleanly_and_the_job_completes_after_restart(make_e2e: MakeE2E) -> None:
-    e2e = await make_e2e(fal={"hold": True})
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_sigterm_mid_job_exits_cleanly_and_the_job_completes_after_restart(make_e2e: MakeE2E, sig: int) -> None:
+    e2e = await make_e2e(fake_fal={"hold": True})
     interaction = await inpaint(e2e)
     await wait_text(e2e, interaction, "Queued at fal")
-    assert await e2e.bot.terminate(timeout=10) == 0
+    assert await e2e.bot.terminate(timeout=10, sig=sig) == 0
     assert "stopped; unfinished jobs resume at the next start" in e2e.bot.log_text()
     e2e.fal.release()
     await e2e.bot.start()
@@ -132,7 +134,7 @@ async def test_sigterm_mid_job_exits_cleanly_and_the_job_completes_after_restart
 
 
 async def test_cancel_from_a_fresh_process(make_e2e: MakeE2E) -> None:
-    e2e = await make_e2e(fal={"hold": True})
+    e2e = await make_e2e(fake_fal={"hold": True})
     interaction = await inpaint(e2e)
     reply = await wait_text(e2e, interaction, "Queued at fal")
     await e2e.bot.kill()
@@ -149,8 +151,8 @@ async def test_cancel_from_a_fresh_process(make_e2e: MakeE2E) -> None:
 
 async def test_default_pacing_causes_no_429_and_keeps_two_seconds_between_edits(make_e2e: MakeE2E) -> None:
     e2e = await make_e2e(
-        discord={"ratelimit_headers": False},  # every edit past Discord's limit would be a 429
-        fal={"positions": [6, 5, 4, 3, 2, 1, 0], "in_progress_steps": 4},
+        fake_discord={"ratelimit_headers": False},  # every edit past Discord's limit would be a 429
+        fake_fal={"positions": [6, 5, 4, 3, 2, 1, 0], "in_progress_steps": 4},
     )
     interaction = await inpaint(e2e)
     final = await wait_text(e2e, interaction, "Inpainted", timeout=60)
@@ -161,7 +163,7 @@ async def test_default_pacing_causes_no_429_and_keeps_two_seconds_between_edits(
 
 
 async def test_a_result_over_the_upload_limit_is_re_encoded_not_dropped(make_e2e: MakeE2E) -> None:
-    e2e = await make_e2e(discord={"upload_limit_bytes": 300_000}, fal={"result_noise": True})
+    e2e = await make_e2e(fake_discord={"upload_limit_bytes": 300_000}, fake_fal={"result_noise": True})
     interaction = await inpaint(e2e, output_format="png")
     final = await wait_text(e2e, interaction, "Inpainted")
     (attachment,) = final.attachments
@@ -171,7 +173,7 @@ async def test_a_result_over_the_upload_limit_is_re_encoded_not_dropped(make_e2e
 
 
 async def test_fifty_members_at_once(make_e2e: MakeE2E) -> None:
-    e2e = await make_e2e(fal={"positions": [1, 0]}, ui={"min_edit_interval_s": 2.0})
+    e2e = await make_e2e(fake_fal={"positions": [1, 0]}, ui={"min_edit_interval_s": 2.0})
     members = [f"member{n}" for n in range(50)]
     for name in members:
         e2e.discord.add_member(name)
@@ -219,7 +221,7 @@ async def test_bad_input_is_refused_with_a_reason_and_nothing_reaches_fal(
 
 async def test_after_the_token_expires_the_member_is_mentioned_in_the_channel(make_e2e: MakeE2E) -> None:
     clock = ManualClock()
-    e2e = await make_e2e(discord={"clock": clock}, fal={"hold": True})
+    e2e = await make_e2e(fake_discord={"clock": clock}, fake_fal={"hold": True})
     interaction = await inpaint(e2e)
     reply = await wait_text(e2e, interaction, "Queued at fal")
     clock.advance(16 * 60)  # the interaction token is dead: 401/50027 from now on
@@ -231,7 +233,7 @@ async def test_after_the_token_expires_the_member_is_mentioned_in_the_channel(ma
 
 
 async def test_fal_faults_are_ridden_out_without_a_second_submit(make_e2e: MakeE2E) -> None:
-    e2e = await make_e2e(fal={"status_5xx_rate": 0.3, "drop_status_count": 2, "positions": [3, 2, 1, 0]})
+    e2e = await make_e2e(fake_fal={"status_5xx_rate": 0.3, "drop_status_count": 2, "positions": [3, 2, 1, 0]})
     interaction = await inpaint(e2e)
     final = await wait_text(e2e, interaction, "Inpainted", timeout=60)
     assert len(final.attachments) == 1 and len(e2e.fal.submits) == 1
@@ -239,7 +241,7 @@ async def test_fal_faults_are_ridden_out_without_a_second_submit(make_e2e: MakeE
 
 
 async def test_a_failed_fal_job_is_explained_and_not_retried(make_e2e: MakeE2E) -> None:
-    e2e = await make_e2e(fal={"fail_with": "Out of capacity"})
+    e2e = await make_e2e(fake_fal={"fail_with": "Out of capacity"})
     interaction = await inpaint(e2e)
     reply = await wait_text(e2e, interaction, "❌")
     assert reply.attachments == [] and len(e2e.fal.submits) == 1
@@ -248,11 +250,77 @@ async def test_a_failed_fal_job_is_explained_and_not_retried(make_e2e: MakeE2E) 
 
 async def test_discord_429s_on_edits_are_waited_out_and_the_result_still_arrives_once(make_e2e: MakeE2E) -> None:
     e2e = await make_e2e(
-        discord={"ratelimit_headers": False, "edit_rate": (1, 3.0)},  # stricter than the bot's pacing
-        fal={"positions": [5, 4, 3, 2, 1, 0], "in_progress_steps": 3},
+        fake_discord={"ratelimit_headers": False, "edit_rate": (1, 3.0)},  # stricter than the bot's pacing
+        fake_fal={"positions": [5, 4, 3, 2, 1, 0], "in_progress_steps": 3},
         ui={"min_edit_interval_s": 1.0},
     )
     interaction = await inpaint(e2e)
     final = await wait_text(e2e, interaction, "Inpainted", timeout=60)
     assert e2e.discord.rate_limited, "the scenario never met a 429"
     assert len(final.attachments) == 1 and len(result_messages(e2e)) == 1 and len(e2e.fal.submits) == 1
+
+
+# kill -9 at each state of a job in turn (the others are above: during the submit, while queued, after the upload)
+
+
+async def test_kill_9_while_waiting_in_the_line_submits_each_job_once(make_e2e: MakeE2E) -> None:
+    e2e = await make_e2e(fake_fal={"hold": True}, fal={"max_concurrent": 1})
+    first = await inpaint(e2e, user="alice")
+    await wait_text(e2e, first, "Queued at fal")
+    second = await inpaint(e2e, user="bob")
+    await wait_text(e2e, second, "in this bot's queue")
+    await e2e.bot.kill()
+    await e2e.bot.start()
+    e2e.fal.release()
+    for interaction in (first, second):
+        final = await wait_text(e2e, interaction, "Inpainted")
+        assert len(final.attachments) == 1
+    assert len(e2e.fal.submits) == 2 and len(result_messages(e2e)) == 2
+
+
+async def test_kill_9_while_running_watches_again_and_delivers_once(make_e2e: MakeE2E) -> None:
+    e2e = await make_e2e(fake_fal={"hold": True})
+    interaction = await inpaint(e2e)
+    await wait_text(e2e, interaction, "Queued at fal")
+    (request_id,) = e2e.fal.jobs
+    e2e.fal.advance(request_id, steps=len(e2e.fal.positions))  # IN_PROGRESS
+    await wait_text(e2e, interaction, "Generating")
+    await e2e.bot.kill()
+    await e2e.bot.start()
+    e2e.fal.release()
+    final = await wait_text(e2e, interaction, "Inpainted")
+    assert len(final.attachments) == 1 and len(result_messages(e2e)) == 1 and len(e2e.fal.submits) == 1
+
+
+async def test_kill_9_between_fetching_the_result_and_posting_it(make_e2e: MakeE2E) -> None:
+    hold = asyncio.Event()
+    e2e = await make_e2e(fake_discord={"upload_hold": hold}, fake_fal={"positions": [0]})
+    interaction = await inpaint(e2e, num_images=2)
+    await e2e.discord.wait_for(lambda: e2e.discord.uploads_held > 0, 20)
+    await e2e.bot.kill()  # the result is on disk; Discord never acted on the post
+    hold.set()
+    await e2e.bot.start()
+    final = await wait_text(e2e, interaction, "Inpainted")
+    assert len(final.attachments) == 2 and len(result_messages(e2e)) == 1
+    assert len(e2e.fal.submits) == 1 and e2e.fal.result_calls == 1  # delivered from disk, not fetched again
+
+
+async def test_kill_9_in_the_middle_of_a_multi_message_delivery(make_e2e: MakeE2E) -> None:
+    gate = asyncio.Event()
+    e2e = await make_e2e(
+        # two 0.7 MB results and 1 MiB per request: the reply carries one, a second message the other
+        fake_discord={"upload_gate": gate, "upload_gate_after": 1, "max_request_bytes": 1024 * 1024},
+        fake_fal={"result_noise": True, "positions": [0]},
+        discord={"max_request_bytes": 1024 * 1024},
+    )
+    interaction = await inpaint(e2e, num_images=2, output_format="png")
+    await e2e.discord.wait_for(lambda: e2e.discord.uploads_waiting > 0, 30)
+    await e2e.bot.kill()  # Discord posted the second message; the bot never heard back
+    gate.set()
+    await e2e.bot.start()
+    await eventually(e2e, logged(e2e, "delivered", start=2), "delivery by the second run")
+    final = interaction.original()
+    assert final is not None and "Inpainted" in visible_text(final) and len(final.attachments) == 1
+    posted = result_messages(e2e)
+    assert [len(m.attachments) for m in posted] == [1, 1], posted
+    assert "Results 2/2" in posted[1].content and len(e2e.fal.submits) == 1

@@ -336,6 +336,9 @@ class FakeDiscord:
         ratelimit_headers: bool = True,
         bot_token: str = "fake-bot-token",
         upload_gate: asyncio.Event | None = None,
+        upload_gate_after: int = 0,
+        upload_hold: asyncio.Event | None = None,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
         """``edit_rate`` is (edits, window_s) per message id over every PATCH route, measured in real time
         because discord.py sleeps in real time before retrying a 429. With ``ratelimit_headers`` successful
@@ -350,7 +353,14 @@ class FakeDiscord:
         # While unset, a request that uploads files is carried out but its answer is held back: the bot can be
         # killed after Discord posted the files and before it learnt so.
         self.upload_gate = upload_gate
+        self.upload_gate_after = upload_gate_after  # uploads answered at once before the gate applies
+        # While unset, a request that uploads files is held before Discord acts on it: a bot killed meanwhile has
+        # fetched its result but posted nothing.
+        self.upload_hold = upload_hold
+        self.uploads_held = 0
         self.uploads_waiting = 0
+        self.uploads_seen = 0
+        self.max_request_bytes = max_request_bytes
         self.base_url: str | None = None
 
         static = (snowflake(STATIC_EPOCH_MS, n) for n in itertools.count(1))
@@ -456,6 +466,12 @@ class FakeDiscord:
             return await handler(request)
         if self.base_url is None:
             self.base_url = f"{request.scheme}://{request.host}"
+        if self.upload_hold is not None and request.content_type == "multipart/form-data":
+            self.uploads_held += 1
+            await self._notify()
+            await self.upload_hold.wait()
+            if request.transport is None or request.transport.is_closing():
+                return web.Response(status=499)  # the sender is gone: Discord never acted on it
         try:
             response = await handler(request)
         except ApiError as err:
@@ -464,10 +480,12 @@ class FakeDiscord:
             log.exception("fake Discord failed on %s %s", request.method, request.path)
             self.errors.append(f"{request.method} {request.path}: {exc!r}")
             response = ApiError(400, f"fake Discord failed: {exc!r}").response()
-        if self.upload_gate is not None and request.get(BODY_FILES):
-            self.uploads_waiting += 1
-            await self._notify()
-            await self.upload_gate.wait()
+        if request.get(BODY_FILES):
+            self.uploads_seen += 1
+            if self.upload_gate is not None and self.uploads_seen > self.upload_gate_after:
+                self.uploads_waiting += 1
+                await self._notify()
+                await self.upload_gate.wait()
         resource = request.match_info.route.resource
         self.requests.append(
             RecordedRequest(
@@ -1206,7 +1224,7 @@ class FakeDiscord:
         for upload in uploads.values():
             if len(upload.data) > self.upload_limit_bytes:
                 raise ApiError(413, "Request entity too large", 40005)
-        if sum(len(u.data) for u in uploads.values()) > MAX_REQUEST_BYTES:
+        if sum(len(u.data) for u in uploads.values()) > self.max_request_bytes:
             raise ApiError(413, "Request entity too large", 40005)
 
         def pick(key: str, default: Any) -> Any:
