@@ -21,10 +21,10 @@ from bot.config import ConfigError, Settings, load_settings, masked_dump
 from bot.downloads import fetch
 from bot.errors import UserFacingError
 from bot.fal import FalQueueClient
-from bot.fal_models import FalHandle, InpaintInput
+from bot.fal_models import FalHandle
 from bot.models import InpaintOptions
 from bot.progress import usd
-from bot.runner import estimate_cost
+from bot.runner import estimate_cost, fal_input
 
 if TYPE_CHECKING:
     from bot.app import FluxpaintBot
@@ -167,18 +167,7 @@ async def inpaint_once(
         else:
             image_url = images.data_uri(prepared.image, prepared.image_mime)
             mask_url = images.data_uri(prepared.mask, "image/png")
-        payload = InpaintInput(
-            prompt=options.prompt,
-            image_url=image_url,
-            mask_url=mask_url,
-            strength=options.strength,
-            num_inference_steps=options.num_inference_steps,
-            guidance_scale=options.guidance_scale,
-            num_images=options.num_images,
-            seed=options.seed,
-            output_format=options.output_format,
-        )
-        handle, _ = await fal.submit(payload)
+        handle, _ = await fal.submit(fal_input(options, image_url, mask_url))
         print(f"request id: {handle.request_id}", file=sys.stderr)
         try:
             await _watch(fal, handle)

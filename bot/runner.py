@@ -16,7 +16,7 @@ from bot.errors import UserFacingError
 from bot.fal import FalQueueClient
 from bot.fal_models import FalHandle, FalJobError, FalRejectedError, FalSubmitUnknownError, InpaintInput
 from bot.files import JobFiles
-from bot.models import Job, JobState, utcnow
+from bot.models import InpaintOptions, Job, JobState, utcnow
 from bot.progress import JobNotifier, ResultFile, progress_reply, result_reply
 from bot.scheduler import CriticalSections
 from bot.store import JobStore
@@ -42,6 +42,22 @@ def result_file(job: Job, index: int) -> str:
 
 def estimate_cost(price_per_megapixel: float, width: int, height: int, num_images: int) -> float:
     return round(price_per_megapixel * width * height / 1_000_000 * num_images, 6)
+
+
+def fal_input(options: InpaintOptions, image_url: str, mask_url: str) -> InpaintInput:
+    """What fal is sent for these options: the one place the member's choices become fal's input."""
+    return InpaintInput(
+        prompt=options.prompt,
+        image_url=image_url,
+        mask_url=mask_url,
+        strength=options.strength,
+        num_inference_steps=options.num_inference_steps,
+        guidance_scale=options.guidance_scale,
+        num_images=options.num_images,
+        seed=options.seed,
+        enable_safety_checker=options.enable_safety_checker,
+        output_format=options.output_format,
+    )
 
 
 class JobRunner:
@@ -110,26 +126,15 @@ class JobRunner:
         image = await asyncio.to_thread(self.files.read, job.id, input_file(job))
         mask = await asyncio.to_thread(self.files.read, job.id, MASK_FILE)
         if self.settings.fal.upload_inputs:
-            if job.image_url is None or job.mask_url is None:
-                job.image_url = await self.fal.upload(image, job.input_mime, input_file(job))
-                job.mask_url = await self.fal.upload(mask, "image/png", MASK_FILE)
-                job = await self._save(job)
             image_url, mask_url = job.image_url, job.mask_url
+            if image_url is None or mask_url is None:  # uploaded once; a resumed job reuses the fal URLs
+                image_url = await self.fal.upload(image, job.input_mime, input_file(job))
+                mask_url = await self.fal.upload(mask, "image/png", MASK_FILE)
+                job.image_url, job.mask_url = image_url, mask_url
+                job = await self._save(job)
         else:
             image_url, mask_url = images.data_uri(image, job.input_mime), images.data_uri(mask, "image/png")
-        opts = job.options
-        return InpaintInput(
-            prompt=opts.prompt,
-            image_url=image_url,
-            mask_url=mask_url,
-            strength=opts.strength,
-            num_inference_steps=opts.num_inference_steps,
-            guidance_scale=opts.guidance_scale,
-            num_images=opts.num_images,
-            seed=opts.seed,
-            enable_safety_checker=opts.enable_safety_checker,
-            output_format=opts.output_format,
-        )
+        return fal_input(job.options, image_url, mask_url)
 
     async def _submit(self, job: Job) -> Job:
         if self.gate is not None and (reason := await self.gate(job)) is not None:

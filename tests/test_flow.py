@@ -351,3 +351,17 @@ async def test_finished_jobs_and_their_files_are_pruned_after_the_keep_period(ma
     assert rig.bot is not None
     await rig.bot.service.prune()  # also runs at every start and every storage.prune_interval_s
     assert not job_dir.exists() and await rig.bot.service.store.get(job_dir.name) is None
+
+
+async def test_inputs_go_through_fal_storage_when_upload_inputs_is_on(make_rig: MakeRig) -> None:
+    rig = await make_rig(fal={"hold": True}, start=False)
+    fal = rig.settings.fal.model_copy(update={"upload_inputs": True, "rest_base_url": rig.fal.base_url})
+    await rig.start(rig.settings.model_copy(update={"fal": fal}))
+    interaction = await rig.inpaint(COFFEE, COFFEE_MASK)
+    await queued_reply(rig, interaction)
+    rig.fal.release()
+    final = await rig.wait_text(interaction, "Inpainted")
+    (submitted,) = rig.fal.submits
+    assert submitted["image_url"].startswith(f"{rig.fal.base_url}/files/")
+    assert submitted["mask_url"].startswith(f"{rig.fal.base_url}/files/")
+    assert len(rig.fal.uploads) == 2 and len(final.attachments) == 1
