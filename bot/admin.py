@@ -10,7 +10,8 @@ from bot.config import Settings
 from bot.errors import RefusedError
 from bot.models import Job, utcnow
 from bot.progress import usd
-from bot.store import DEFAULT, UNCHANGED, BudgetChange, JobStore
+from bot.store import JobStore
+from bot.store_schema import DEFAULT, UNCHANGED, BudgetChange
 
 log = logging.getLogger(__name__)
 

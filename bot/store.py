@@ -1,4 +1,4 @@
-"""JobStore over aiosqlite: jobs, budgets, bans and the admin log; the only module with SQL, and it logs no job data."""
+"""JobStore over aiosqlite: jobs, budgets, bans and the admin log. It logs no job data."""
 
 from __future__ import annotations
 
@@ -7,167 +7,36 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
-from enum import Enum
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any
 
 import aiosqlite
 import pydantic
-from pydantic import BaseModel, ConfigDict
 
 from bot.models import FINISHED_STATES, Job, JobState, utcnow
+from bot.store_schema import (
+    AT_FAL_STATES,
+    COST_SQL,
+    IN_FLIGHT_STATES,
+    JOB_COLUMNS,
+    UNCHANGED,
+    UNFINISHED_STATES,
+    UPSERT_JOB,
+    AdminLogEntry,
+    BudgetChange,
+    GuildSettings,
+    UsageRow,
+    migrate,
+    sql_in,
+)
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
 USD_EPSILON = 1e-9  # a budget that fits exactly must pass despite float rounding
-
-UNFINISHED_STATES: Final = tuple(s for s in JobState if s not in FINISHED_STATES)
-IN_FLIGHT_STATES: Final = (
-    JobState.WAITING,
-    JobState.SUBMITTING,
-    JobState.QUEUED,
-    JobState.RUNNING,
-    JobState.FETCHED,
-    JobState.DELIVERING,
-)
-AT_FAL_STATES: Final = (JobState.SUBMITTING, JobState.QUEUED, JobState.RUNNING)
-
-# Applied in order, each in one transaction; PRAGMA user_version is the number applied. Never edit a shipped one.
-MIGRATIONS: Final[tuple[str, ...]] = (
-    """
-    CREATE TABLE jobs (
-        id TEXT PRIMARY KEY,
-        state TEXT NOT NULL,
-        user_id INTEGER NOT NULL,
-        guild_id INTEGER,
-        channel_id INTEGER NOT NULL,
-        created_at TEXT NOT NULL,  -- UTC ISO 8601 with microseconds, so text order is time order
-        updated_at TEXT NOT NULL,
-        request_id TEXT,
-        cost_estimate_usd REAL NOT NULL DEFAULT 0,
-        cost_usd REAL,
-        data TEXT NOT NULL CHECK (json_valid(data))  -- the whole Job, interaction token included
-    );
-    CREATE INDEX jobs_request_id ON jobs (request_id);
-    CREATE INDEX jobs_state_created ON jobs (state, created_at);
-    CREATE INDEX jobs_user_created ON jobs (user_id, created_at);
-    CREATE INDEX jobs_guild_created ON jobs (guild_id, created_at);
-    CREATE INDEX jobs_updated ON jobs (updated_at);
-
-    CREATE TABLE guild_settings (
-        guild_id INTEGER PRIMARY KEY,
-        paused INTEGER NOT NULL DEFAULT 0,
-        user_daily_set INTEGER NOT NULL DEFAULT 0,  -- 0: the config default applies
-        user_daily_usd REAL,  -- when set: NULL means no limit
-        guild_monthly_set INTEGER NOT NULL DEFAULT 0,
-        guild_monthly_usd REAL,
-        updated_at TEXT NOT NULL
-    );
-
-    CREATE TABLE guild_bans (
-        guild_id INTEGER NOT NULL,
-        user_id INTEGER NOT NULL,
-        banned_by INTEGER NOT NULL,
-        reason TEXT,
-        banned_at TEXT NOT NULL,
-        PRIMARY KEY (guild_id, user_id)
-    );
-
-    CREATE TABLE admin_log (
-        id INTEGER PRIMARY KEY,
-        at TEXT NOT NULL,
-        guild_id INTEGER NOT NULL,
-        actor_id INTEGER NOT NULL,
-        action TEXT NOT NULL,
-        detail TEXT
-    );
-    CREATE INDEX admin_log_guild ON admin_log (guild_id, id);
-    """,
-)
-
-_JOB_COLUMNS = (
-    "id, state, user_id, guild_id, channel_id, created_at, updated_at, request_id, cost_estimate_usd, cost_usd, data"
-)
-_UPSERT_JOB = (
-    f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (id) DO UPDATE SET state = excluded.state, user_id = excluded.user_id, "
-    "guild_id = excluded.guild_id, channel_id = excluded.channel_id, created_at = excluded.created_at, "
-    "updated_at = excluded.updated_at, request_id = excluded.request_id, "
-    "cost_estimate_usd = excluded.cost_estimate_usd, cost_usd = excluded.cost_usd, data = excluded.data"
-)
-
-
-def _in(states: Iterable[JobState]) -> str:
-    return "(" + ", ".join(f"'{s.value}'" for s in states) + ")"  # enum values only, never caller input
-
-
-# What a job has committed: its actual cost once known, else its estimate while it may still be charged.
-_COST = f"COALESCE(cost_usd, CASE WHEN state IN {_in(IN_FLIGHT_STATES)} THEN cost_estimate_usd ELSE 0 END)"
-
-
-class StoreError(Exception):
-    """The database cannot be used by this version of the bot."""
-
-
-class BudgetChange(Enum):
-    """Sentinels for ``JobStore.set_budgets``: keep the stored budget, or go back to the config default."""
-
-    UNCHANGED = "unchanged"
-    DEFAULT = "default"
-
-
-UNCHANGED: Final = BudgetChange.UNCHANGED
-DEFAULT: Final = BudgetChange.DEFAULT
-
-
-class GuildSettings(BaseModel):
-    """One guild's admin state.
-
-    A budget is the config default unless its ``*_set`` flag is true; then ``*_usd`` is the guild's own budget,
-    where ``None`` means no limit and ``0`` stops spending. Use ``user_daily``/``guild_monthly`` to resolve.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    guild_id: int
-    paused: bool = False
-    user_daily_set: bool = False
-    user_daily_usd: float | None = None
-    guild_monthly_set: bool = False
-    guild_monthly_usd: float | None = None
-
-    def user_daily(self, default: float | None) -> float | None:
-        """The per-member daily budget in force (``None``: no limit), given the config default."""
-        return self.user_daily_usd if self.user_daily_set else default
-
-    def guild_monthly(self, default: float | None) -> float | None:
-        """The guild's monthly budget in force (``None``: no limit), given the config default."""
-        return self.guild_monthly_usd if self.guild_monthly_set else default
-
-
-class UsageRow(BaseModel):
-    """One member's line in the admin usage report."""
-
-    model_config = ConfigDict(frozen=True)
-
-    user_id: int
-    jobs: int
-    images: int
-    spent_usd: float
-
-
-class AdminLogEntry(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    at: datetime
-    guild_id: int
-    actor_id: int
-    action: str
-    detail: str | None = None
 
 
 def _ts(moment: datetime) -> str:
@@ -268,7 +137,7 @@ class JobStore:
             await db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
             await db.execute("PRAGMA foreign_keys=ON")
             await db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            await _migrate(db)
+            await migrate(db)
         except BaseException:
             await db.close()
             raise
@@ -317,13 +186,13 @@ class JobStore:
     async def create(self, job: Job) -> None:
         """Insert a new job; an existing id is an error (sqlite3.IntegrityError)."""
         async with self._transaction() as db:
-            await db.execute(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(job))
+            await db.execute(f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(job))
 
     async def save(self, job: Job) -> Job:
         """Stamp ``updated_at`` and write the job; it is on disk when this returns. Returns the same object."""
         job.updated_at = self._clock()
         async with self._transaction() as db:
-            await db.execute(_UPSERT_JOB, _row(job))
+            await db.execute(UPSERT_JOB, _row(job))
         return job
 
     async def get(self, job_id: str) -> Job | None:
@@ -336,22 +205,22 @@ class JobStore:
 
     async def list_unfinished(self) -> list[Job]:
         """Every job not done, failed or cancelled, oldest first."""
-        return await self._jobs(f"state IN {_in(UNFINISHED_STATES)}")
+        return await self._jobs(f"state IN {sql_in(UNFINISHED_STATES)}")
 
     async def list_waiting(self) -> list[Job]:
         return await self._jobs("state = ?", (JobState.WAITING.value,))
 
     async def count_unfinished(self, user_id: int) -> int:
-        sql = f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state IN {_in(UNFINISHED_STATES)}"
+        sql = f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state IN {sql_in(UNFINISHED_STATES)}"
         return int(await self._scalar(sql, (user_id,)))
 
     async def count_at_fal(self) -> int:
-        return int(await self._scalar(f"SELECT COUNT(*) FROM jobs WHERE state IN {_in(AT_FAL_STATES)}"))
+        return int(await self._scalar(f"SELECT COUNT(*) FROM jobs WHERE state IN {sql_in(AT_FAL_STATES)}"))
 
     async def prune(self, before: datetime) -> list[str]:
         """Delete finished jobs last changed before ``before``; returns their ids so their files can go too."""
         async with self._transaction() as db:
-            sql = f"DELETE FROM jobs WHERE state IN {_in(FINISHED_STATES)} AND updated_at < ? RETURNING id"
+            sql = f"DELETE FROM jobs WHERE state IN {sql_in(FINISHED_STATES)} AND updated_at < ? RETURNING id"
             async with db.execute(sql, (_ts(before),)) as cursor:
                 return [row[0] for row in await cursor.fetchall()]
 
@@ -375,7 +244,7 @@ class JobStore:
         if exclude is not None:
             where.append("id != ?")
             params.append(exclude)
-        sql = f"SELECT COALESCE(SUM({_COST}), 0) FROM jobs WHERE {' AND '.join(where)}"
+        sql = f"SELECT COALESCE(SUM({COST_SQL}), 0) FROM jobs WHERE {' AND '.join(where)}"
         return float(await self._scalar(sql, params))
 
     async def reserve(
@@ -397,7 +266,7 @@ class JobStore:
         user_id, guild_id = job.origin.user_id, job.origin.guild_id
         async with self._transaction() as db:
             others = await self._scalar(
-                f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND id != ? AND state IN {_in(IN_FLIGHT_STATES)}",
+                f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND id != ? AND state IN {sql_in(IN_FLIGHT_STATES)}",
                 (user_id, job.id),
             )
             if int(others) >= max_unfinished_per_user:
@@ -413,7 +282,7 @@ class JobStore:
             state, updated_at = job.state, job.updated_at
             job.state, job.updated_at = JobState.WAITING, self._clock()
             try:
-                await db.execute(_UPSERT_JOB, _row(job))
+                await db.execute(UPSERT_JOB, _row(job))
             except BaseException:
                 job.state, job.updated_at = state, updated_at
                 raise
@@ -433,11 +302,11 @@ class JobStore:
         if guild_id is not None:
             where.append("guild_id = ?")
             params.append(guild_id)
-        where.append(f"(cost_usd IS NOT NULL OR state IN {_in((*IN_FLIGHT_STATES, JobState.DONE))})")
+        where.append(f"(cost_usd IS NOT NULL OR state IN {sql_in((*IN_FLIGHT_STATES, JobState.DONE))})")
         rows = await self._fetchall(
             "SELECT user_id, COUNT(*) AS jobs, "
             "COALESCE(SUM(CASE WHEN state = 'done' THEN json_array_length(data, '$.result_files') ELSE 0 END), 0), "
-            f"COALESCE(SUM({_COST}), 0) AS spent FROM jobs WHERE {' AND '.join(where)} "
+            f"COALESCE(SUM({COST_SQL}), 0) AS spent FROM jobs WHERE {' AND '.join(where)} "
             "GROUP BY user_id ORDER BY spent DESC, jobs DESC, user_id",
             params,
         )
@@ -572,24 +441,3 @@ class JobStore:
             AdminLogEntry(at=_from_ts(at), guild_id=guild_id, actor_id=actor, action=action, detail=detail)
             for at, actor, action, detail in rows
         ]
-
-
-async def _migrate(db: aiosqlite.Connection) -> None:
-    async def version() -> int:
-        async with db.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
-
-    current = await version()
-    if current > len(MIGRATIONS):
-        raise StoreError(f"the database is at schema {current}; this bot knows up to {len(MIGRATIONS)}")
-    for number in range(current + 1, len(MIGRATIONS) + 1):
-        script = MIGRATIONS[number - 1]
-        try:
-            await db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
-        except BaseException:
-            await db.rollback()
-            if await version() >= number:  # another process applied it first
-                continue
-            raise
-        log.info("store migrated to schema %d", number)

@@ -8,7 +8,8 @@ import pytest
 from pydantic import SecretStr
 
 from bot.models import InpaintOptions, Job, JobState, Origin
-from bot.store import DEFAULT, MIGRATIONS, GuildSettings, JobStore, StoreError
+from bot.store import JobStore
+from bot.store_schema import DEFAULT, MIGRATIONS, GuildSettings, StoreError
 
 T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 DAY = T0.replace(hour=0)
@@ -233,7 +234,7 @@ async def test_a_failing_migration_leaves_the_previous_schema(db_path: Path, mon
     async with await JobStore.open(db_path):
         pass
     broken = "CREATE TABLE half_done (a INTEGER); CREATE TABLE half_done (a INTEGER);"
-    monkeypatch.setattr("bot.store.MIGRATIONS", (*MIGRATIONS, broken))
+    monkeypatch.setattr("bot.store_schema.MIGRATIONS", (*MIGRATIONS, broken))
     with pytest.raises(sqlite3.OperationalError):
         await JobStore.open(db_path)
     assert await user_version(db_path) == len(MIGRATIONS)
