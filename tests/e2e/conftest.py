@@ -48,5 +48,6 @@ async def make_e2e(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[MakeE2E
         await rig.bot.close()
         if rig.fal.hold is not None:
             rig.fal.release()
-        if rig.discord.upload_gate is not None:
-            rig.discord.upload_gate.set()
+        for event in (rig.discord.upload_gate, rig.discord.upload_hold, rig.discord.cdn_hold):
+            if event is not None:
+                event.set()

@@ -327,3 +327,15 @@ async def test_kill_9_in_the_middle_of_a_multi_message_delivery(make_e2e: MakeE2
     posted = result_messages(e2e)
     assert [len(m.attachments) for m in posted] == [1, 1], posted
     assert "Results 2/2" in posted[1].content and len(e2e.fal.submits) == 1
+
+
+async def test_kill_9_while_checking_the_upload_asks_to_run_it_again(make_e2e: MakeE2E) -> None:
+    hold = asyncio.Event()
+    e2e = await make_e2e(fake_discord={"cdn_hold": hold})
+    interaction = await inpaint(e2e)
+    await e2e.discord.wait_for(lambda: e2e.discord.cdn_waiting > 0, 20)
+    await e2e.bot.kill()  # accepted, not yet validated: the inputs were never stored
+    hold.set()
+    await e2e.bot.start()
+    reply = await wait_text(e2e, interaction, "please run /inpaint again")
+    assert reply.attachments == [] and reply.components == [] and e2e.fal.requests == []

@@ -338,6 +338,7 @@ class FakeDiscord:
         upload_gate: asyncio.Event | None = None,
         upload_gate_after: int = 0,
         upload_hold: asyncio.Event | None = None,
+        cdn_hold: asyncio.Event | None = None,
         max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
         """``edit_rate`` is (edits, window_s) per message id over every PATCH route, measured in real time
@@ -358,6 +359,8 @@ class FakeDiscord:
         # fetched its result but posted nothing.
         self.upload_hold = upload_hold
         self.uploads_held = 0
+        self.cdn_hold = cdn_hold  # while unset, attachment downloads wait: the bot is still checking the upload
+        self.cdn_waiting = 0
         self.uploads_waiting = 0
         self.uploads_seen = 0
         self.max_request_bytes = max_request_bytes
@@ -1122,6 +1125,10 @@ class FakeDiscord:
         expected = self._sign(stored.id, stored.filename, query["ex"], query["is"])
         if not hmac.compare_digest(expected, query["hm"]) or int(query["ex"], 16) < time.time():
             return web.Response(status=404, text="This content is no longer available.")
+        if self.cdn_hold is not None:
+            self.cdn_waiting += 1
+            await self._notify()
+            await self.cdn_hold.wait()
         return web.Response(body=stored.data, content_type=stored.content_type or "application/octet-stream")
 
     async def _unknown(self, request: web.Request) -> web.Response:
