@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import resource
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -103,7 +104,21 @@ async def runtime(settings: Settings) -> AsyncIterator[FluxpaintBot]:
             await bot.close()
 
 
+def _enough_file_descriptors(settings: Settings) -> None:
+    """Every job at fal holds a connection: raise the soft open-files limit (often 1024) when it is too low."""
+    needed = settings.fal.max_concurrent + 64 + 256  # the pool, plus the database, logs and Discord
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < needed:
+            log.warning(
+                "only %d open files allowed; fal.max_concurrent = %d may run out", target, settings.fal.max_concurrent
+            )
+
+
 async def run_bot(settings: Settings) -> int:
+    _enough_file_descriptors(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -129,7 +144,8 @@ def _progress(text: str) -> None:
 
 
 def _options(args: argparse.Namespace) -> InpaintOptions:
-    """The options checked as /inpaint checks them, before any file is read or anything is sent."""
+    """The options within fal's ranges and a prompt that isn't blank, before any file is read or anything is sent.
+    The server limits and blocked terms of ``/inpaint`` are for members; the owner's own key is not held to them."""
     if not args.prompt.strip():
         raise ValueError("--prompt is empty; describe what should appear in the masked area")
     try:

@@ -76,7 +76,7 @@ class DiscordSettings(Section):
     attachment_hosts: list[HostEntry] = Field(default_factory=lambda: list(DISCORD_CDN_HOSTS))
     # Discord refuses a request over 25 MiB, whatever a boosted server's per-file limit; results are split and
     # re-encoded to stay under this (the JSON part needs a little room).
-    max_request_bytes: int = Field(24 * MiB, ge=64 * 1024, le=25 * MiB)
+    max_request_bytes: int = Field(24 * MiB, ge=64 * 1024, le=25 * MiB - 256 * 1024)
     # For the end-to-end rig only: point discord.py at a fake Discord on loopback.
     api_base_url: HttpsUrl | None = None
     gateway_url: WssUrl | None = None
@@ -122,14 +122,20 @@ class LimitSettings(Section):
 
 class UiSettings(Section):
     min_edit_interval_s: float = Field(2.0, ge=0)
-    token_ttl_s: float = Field(15 * 60, gt=0)
-    token_margin_s: float = Field(60.0, ge=0)
+    token_ttl_s: float = Field(15 * 60, gt=0, le=15 * 60, allow_inf_nan=False)
+    token_margin_s: float = Field(60.0, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _margin_inside_ttl(self) -> UiSettings:
+        if self.token_margin_s >= self.token_ttl_s:
+            raise ValueError("ui.token_margin_s must be less than ui.token_ttl_s, or the token is never used")
+        return self
 
 
 class StorageSettings(Section):
     data_dir: Path = Path("data")
     keep_finished_days: float = Field(30.0, gt=0)
-    prune_interval_s: float = Field(3600.0, gt=0)
+    prune_interval_s: float = Field(3600.0, ge=60)
 
 
 class BudgetSettings(Section):

@@ -222,6 +222,7 @@ class DiscordNotifier:
 
     async def forget(self, job_id: str) -> None:
         editor = self._editors.pop(job_id, None)
+        self._dead_tokens.discard(job_id)
         if editor is not None and editor.task is not None and editor.task is not asyncio.current_task():
             await asyncio.wait([editor.task])  # the last wanted text (failed, cancelled) still goes out
 
@@ -259,7 +260,8 @@ class DiscordNotifier:
         if notes and reply.embed is not None:
             extra = "\n".join(f"ℹ️ {n}" for n in notes)
             reply = Reply(content=reply.content, embed=_with_extra(reply.embed, extra))
-        parts = batches(fitted, max_bytes=self.max_request_bytes)
+        # No files at all (every image withheld): one part without files still shows the result and its note.
+        parts = batches(fitted, max_bytes=self.max_request_bytes) or [[]]
         async with editor.lock:
             await self._wait_turn(editor)
             await self._post_parts(job, reply, parts)
@@ -270,43 +272,48 @@ class DiscordNotifier:
         done_files = job.delivered_files
         for index, part in enumerate(parts):
             first, count = sum(len(p) for p in parts[:index]), len(part)
-            if first + count <= done_files:
+            if (first + count <= done_files) if count else bool(job.delivered_message_ids):
                 continue  # posted before a restart
             if index == 0:
-                message_id = await self._post_first(job, reply, part)
+                posted = await self._post_first(job, reply, part)
             else:
                 text = f"Results {index + 1}/{len(parts)} · job {job.id}"
-                message_id = await self._post_new(
+                posted = await self._post_new(
                     job, Reply(content=text), part, mention=False, nonce=delivery_nonce(job.id, index)
                 )
             job.delivered_files = first + count
-            if message_id is not None:
-                job.delivered_message_ids = [*job.delivered_message_ids, message_id]
+            if posted is not None:
+                job.delivered_message_ids = [*job.delivered_message_ids, posted[1]]
             await self.store.save(job)
 
-    async def _post_first(self, job: Job, reply: Reply, part: list[ResultFile]) -> int | None:
+    async def _post_first(self, job: Job, reply: Reply, part: list[ResultFile]) -> tuple[int, int] | None:
+        origin = job.origin
         if self._token_usable(job) and await self._edit_reply(job, reply, files=part, final=True, via_channel=False):
-            return job.origin.message_id
+            # the reply's id is known but for a defer answer that lacked it ("@original" was edited then)
+            return (origin.channel_id, origin.message_id) if origin.message_id is not None else None
         # Past the token's life (by our clock or by Discord's 401) the member would not notice an edit: post
         # anew and mention them once, whichever call found the token dead.
-        message_id = await self._post_new(job, reply, part, mention=True, nonce=delivery_nonce(job.id, 0))
-        if message_id is not None and job.origin.message_id is not None:
-            pointer = Reply(
-                content=f"✅ Done: results in https://discord.com/channels/{job.origin.guild_id or '@me'}/"
-                f"{job.origin.channel_id}/{message_id}"
+        posted = await self._post_new(job, reply, part, mention=True, nonce=delivery_nonce(job.id, 0))
+        if posted is not None and origin.message_id is not None:
+            channel_id, message_id = posted
+            where = (
+                f"results in https://discord.com/channels/{origin.guild_id or '@me'}/{channel_id}/{message_id}"
+                if channel_id == origin.channel_id
+                else "I couldn't post here, so your results went to your DMs."
             )
+            pointer = Reply(content=f"✅ Done: {where}")
             try:
                 await self._edit_reply(job, pointer, final=True)
             except discord.HTTPException as exc:
                 log.warning("job=%s could not point the old reply at the results (%s)", job.id, exc.status)
-        return message_id
+        return posted
 
     async def _post_new(
         self, job: Job, reply: Reply, part: list[ResultFile], *, mention: bool, nonce: str
-    ) -> int | None:
-        """Post a new message: the channel route with an enforced nonce first, so a post repeated after a
-        crash returns the message that already exists; the interaction webhook or a DM when the bot may not
-        post in the channel."""
+    ) -> tuple[int, int] | None:
+        """Post a new message; (channel id, message id), or None when no route worked. The channel route with an
+        enforced nonce first, so a post repeated after a crash returns the message that already exists; the
+        interaction webhook or a DM when the bot may not post in the channel."""
         content = reply.content
         mentions = discord.AllowedMentions.none()
         if mention:
@@ -321,7 +328,7 @@ class DiscordNotifier:
                 allowed_mentions=mentions,
                 nonce=nonce,
             )
-            return sent.id
+            return job.origin.channel_id, sent.id
         except discord.Forbidden:
             log.warning("job=%s guild=%s cannot post in channel=%s", job.id, job.origin.guild_id, job.origin.channel_id)
         if self._token_usable(job):
@@ -333,14 +340,14 @@ class DiscordNotifier:
                     wait=True,
                     allowed_mentions=mentions,
                 )
-                return msg.id
+                return job.origin.channel_id, msg.id
             except discord.HTTPException as exc:
                 if exc.status != 401 and exc.code not in TOKEN_ERRORS:
                     raise
                 self._dead_tokens.add(job.id)
         return await self._dm(job, reply, part)
 
-    async def _dm(self, job: Job, reply: Reply, part: list[ResultFile]) -> int | None:
+    async def _dm(self, job: Job, reply: Reply, part: list[ResultFile]) -> tuple[int, int] | None:
         try:
             user = await self.client.fetch_user(job.origin.user_id)
             sent = await user.send(
@@ -348,7 +355,7 @@ class DiscordNotifier:
                 embeds=[to_embed(reply.embed)] if reply.embed else [],
                 files=to_files(part),
             )
-            return sent.id
+            return sent.channel.id, sent.id
         except discord.HTTPException as exc:
             log.warning(
                 "job=%s DM fallback failed too (%s %s); results stay in the data dir", job.id, exc.status, exc.code

@@ -52,8 +52,21 @@ def test_env_wins_over_file_and_prefixed_wins_over_plain(tmp_path: Path, monkeyp
         ('[fal]\nkey="k"\nauth_scheme = "Basic"\n', "fal.auth_scheme:"),
         ('[fal]\nkey="k"\nmedia_hosts = ["a/b"]\n', "fal.media_hosts.0:"),
         ('[fal]\nkey="k"\n[limits]\nmax_megapixels = -1\n', "limits.max_megapixels:"),
+        ('[fal]\nkey="k"\n[ui]\ntoken_ttl_s = inf\n', "ui.token_ttl_s:"),
+        ('[fal]\nkey="k"\n[ui]\ntoken_ttl_s = 30\n', "ui: ui.token_margin_s must be less than"),
+        ('[fal]\nkey="k"\n[storage]\nprune_interval_s = 0.001\n', "storage.prune_interval_s:"),
     ],
-    ids=["unknown-key", "plain-http", "zero-concurrency", "bad-scheme", "bad-host", "negative-mp"],
+    ids=[
+        "unknown-key",
+        "plain-http",
+        "zero-concurrency",
+        "bad-scheme",
+        "bad-host",
+        "negative-mp",
+        "infinite-ttl",
+        "ttl-within-margin",
+        "prune-too-often",
+    ],
 )
 def test_bad_keys_are_named_one_per_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toml: str, expected: str

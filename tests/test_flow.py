@@ -365,3 +365,11 @@ async def test_inputs_go_through_fal_storage_when_upload_inputs_is_on(make_rig: 
     assert submitted["image_url"].startswith(f"{rig.fal.base_url}/files/")
     assert submitted["mask_url"].startswith(f"{rig.fal.base_url}/files/")
     assert len(rig.fal.uploads) == 2 and len(final.attachments) == 1
+
+
+async def test_when_every_image_is_withheld_the_reply_still_says_so(make_rig: MakeRig) -> None:
+    rig = await make_rig(fal={"nsfw": [True]})
+    interaction = await rig.inpaint(COFFEE, COFFEE_MASK)
+    final = await rig.wait_text(interaction, "1 image was withheld")
+    assert final.attachments == [] and final.components == [] and "Inpainted" in visible_text(final)
+    assert len(rig.fal.submits) == 1
