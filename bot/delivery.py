@@ -15,7 +15,7 @@ import discord
 
 from bot import images
 from bot.config import UiSettings
-from bot.models import Job, utcnow
+from bot.models import Job, OutputFormat, utcnow
 from bot.progress import EmbedData, Reply, ResultFile, cancel_custom_id
 from bot.store import JobStore
 
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 24 * 1024 * 1024  # Discord caps a whole request at 25 MiB; keep room for the JSON part
 MAX_FILES_PER_MESSAGE = 10
+DM_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's default per-file limit, the one DMs get
 TOKEN_ERRORS = frozenset({50027, 10015})  # invalid webhook token, unknown webhook
 GONE_ERRORS = frozenset({10008, 10003})  # unknown message, unknown channel
 
@@ -245,18 +246,7 @@ class DiscordNotifier:
             await asyncio.wait([editor.task])
         # a boosted server's per-file limit can exceed what one request may carry
         limit = min(job.origin.upload_limit_bytes, self.max_request_bytes)
-        fitted: list[ResultFile] = []
-        notes: list[str] = []
-        for file in files:
-            data, fmt = await asyncio.to_thread(
-                images.fit_upload, file.data, limit_bytes=limit, output_format=job.options.output_format
-            )
-            if len(data) != len(file.data):
-                notes.append(
-                    f"{file.filename} was re-encoded to fit Discord's {limit // (1024 * 1024)} MB upload limit."
-                )
-            name = file.filename.rsplit(".", 1)[0] + (".png" if fmt == "png" else ".jpg")
-            fitted.append(ResultFile(filename=name, data=data, spoiler=file.spoiler))
+        fitted, notes = await _fit(files, limit, job.options.output_format)
         if notes and reply.embed is not None:
             extra = "\n".join(f"ℹ️ {n}" for n in notes)
             reply = Reply(content=reply.content, embed=_with_extra(reply.embed, extra))
@@ -348,6 +338,7 @@ class DiscordNotifier:
         return await self._dm(job, reply, part)
 
     async def _dm(self, job: Job, reply: Reply, part: list[ResultFile]) -> tuple[int, int] | None:
+        part, _ = await _fit(part, DM_UPLOAD_LIMIT, job.options.output_format)  # a server's boost doesn't apply
         try:
             user = await self.client.fetch_user(job.origin.user_id)
             sent = await user.send(
@@ -361,6 +352,23 @@ class DiscordNotifier:
                 "job=%s DM fallback failed too (%s %s); results stay in the data dir", job.id, exc.status, exc.code
             )
             return None
+
+
+async def _fit(
+    files: Sequence[ResultFile], limit: int, output_format: OutputFormat
+) -> tuple[list[ResultFile], list[str]]:
+    """The files re-encoded where needed to fit ``limit`` bytes each, and a note for each one that was."""
+    fitted: list[ResultFile] = []
+    notes: list[str] = []
+    for file in files:
+        data, fmt = await asyncio.to_thread(
+            images.fit_upload, file.data, limit_bytes=limit, output_format=output_format
+        )
+        if len(data) != len(file.data):
+            notes.append(f"{file.filename} was re-encoded to fit Discord's {limit // (1024 * 1024)} MB upload limit.")
+        name = file.filename.rsplit(".", 1)[0] + (".png" if fmt == "png" else ".jpg")
+        fitted.append(ResultFile(filename=name, data=data, spoiler=file.spoiler))
+    return fitted, notes
 
 
 def _with_extra(embed: EmbedData, extra: str) -> EmbedData:
