@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 from pydantic import ValidationError
 
 from bot.config import FalSettings, is_loopback
+from bot.fal_http import FalAnswer, describe_failure, read_capped, sse_data
 from bot.fal_models import (
     MAX_DETAIL_CHARS,
     URL_PATTERN,
@@ -44,80 +43,6 @@ RETRY_CAP_S = 30.0
 POLL_GROWTH = 1.5
 STREAM_IDLE_MIN_S = 45.0  # fal sends a keep-alive comment every 15 s
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
-
-# transport
-
-
-class _AnswerTooLargeError(aiohttp.ClientPayloadError):
-    pass
-
-
-@dataclass(frozen=True)
-class _Reply:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
-    def data(self) -> object:
-        try:
-            return json.loads(self.body)
-        except ValueError:
-            return None
-
-    def is_model_answer(self) -> bool:
-        """A stored answer from fal's runner (error type or validation list), not a passing gateway hiccup."""
-        data = self.data()
-        return "X-Fal-Error-Type" in self.headers or (
-            isinstance(data, dict) and ("error_type" in data or isinstance(data.get("detail"), list))
-        )
-
-
-def _describe(exc: BaseException) -> str:
-    """A short, URL-free name for a transport failure."""
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return "could not connect"
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
-        return "the connection was dropped"
-    if isinstance(exc, _AnswerTooLargeError):
-        return "the answer was too large"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "the answer was cut off"
-    return type(exc).__name__
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise _AnswerTooLargeError("answer too large")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _sse_data(content: aiohttp.StreamReader) -> AsyncIterator[str]:
-    """The ``data`` of each server-sent event; comment lines (fal's keep-alives) are skipped."""
-    lines: list[str] = []
-    async for raw in content:
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")
-        if not line:
-            if lines:
-                yield "\n".join(lines)
-                lines = []
-        elif not line.startswith(":"):
-            name, _, value = line.partition(":")
-            if name == "data":
-                lines.append(value.removeprefix(" "))
-    if lines:
-        yield "\n".join(lines)
-
 
 # the client
 
@@ -164,11 +89,11 @@ class FalQueueClient:
         text = " ".join(URL_PATTERN.sub("(a link)", text).split())
         return text if len(text) <= MAX_DETAIL_CHARS else text[: MAX_DETAIL_CHARS - 1] + "…"
 
-    def _detail(self, reply: _Reply) -> str:
+    def _detail(self, reply: FalAnswer) -> str:
         detail = describe_detail(reply.data())
         return self._safe(detail) if detail else f"HTTP {reply.status}"
 
-    def _key_refused(self, reply: _Reply) -> FalRejectedError:
+    def _key_refused(self, reply: FalAnswer) -> FalRejectedError:
         return FalRejectedError(
             f"fal refused this bot's API key ({self._detail(reply)}); "
             "the bot's owner needs to check fal.key and fal.auth_scheme."
@@ -185,7 +110,7 @@ class FalQueueClient:
         content_type: str | None = None,
         auth: bool = True,
         params: Mapping[str, str] | None = None,
-    ) -> _Reply:
+    ) -> FalAnswer:
         headers = {"Accept": "application/json"}
         if auth:
             headers["Authorization"] = f"{self._settings.auth_scheme} {self._settings.key.get_secret_value()}"
@@ -201,7 +126,7 @@ class FalQueueClient:
             timeout=client_timeout,
             allow_redirects=False,  # a redirect could carry the key to another host
         ) as resp:
-            return _Reply(resp.status, resp.headers, await _read_capped(resp, MAX_ANSWER_BYTES))
+            return FalAnswer(resp.status, resp.headers, await read_capped(resp, MAX_ANSWER_BYTES))
 
     async def _backoff(self, attempt: int, what: str, problem: str, retry_after: float | None) -> None:
         delay = retry_delay(attempt, base=RETRY_BASE_S, cap=RETRY_CAP_S, rand=self._rand(), retry_after=retry_after)
@@ -222,7 +147,7 @@ class FalQueueClient:
         content_type: str | None = None,
         auth: bool = True,
         params: Mapping[str, str] | None = None,
-    ) -> _Reply:
+    ) -> FalAnswer:
         """An idempotent request, retried on transport errors, 408, 429 and 5xx; returns the first other answer.
 
         With ``final_5xx`` a 5xx that fal's runner stored as the job's answer is returned, not retried.
@@ -247,7 +172,7 @@ class FalQueueClient:
             except aiohttp.ClientSSLError as exc:
                 raise FalTransientError("fal's TLS certificate was not accepted.") from exc
             except (aiohttp.ClientError, TimeoutError) as exc:
-                problem = _describe(exc)
+                problem = describe_failure(exc)
             else:
                 retryable = reply.status in (408, 429) or (
                     reply.status >= 500 and not (final_5xx and reply.is_model_answer())
@@ -281,10 +206,10 @@ class FalQueueClient:
             except aiohttp.ClientSSLError as exc:
                 raise FalTransientError("fal's TLS certificate was not accepted, so the job was not sent.") from exc
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-                problem = _describe(exc)  # no connection: not a byte of the job left this machine
+                problem = describe_failure(exc)  # no connection: not a byte of the job left this machine
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # a read timeout or a dropped connection after sending may already be a paid job
-                log.error("fal submit unanswered (%s); not re-sent", _describe(exc))
+                log.error("fal submit unanswered (%s); not re-sent", describe_failure(exc))
                 raise FalSubmitUnknownError(
                     "fal did not answer when the job was sent, so it may still run and be billed; "
                     "it was not sent again."
@@ -304,7 +229,7 @@ class FalQueueClient:
             "please try again in a few minutes."
         )
 
-    def _submitted(self, reply: _Reply) -> tuple[FalHandle, QueueStatus]:
+    def _submitted(self, reply: FalAnswer) -> tuple[FalHandle, QueueStatus]:
         if reply.ok:
             try:
                 answer = SubmitAnswer.model_validate_json(reply.body)
@@ -415,7 +340,7 @@ class FalQueueClient:
                 if resp.status != 200:
                     log.info("request=%s: status stream refused (HTTP %s); polling", handle.request_id, resp.status)
                     return
-                async for data in _sse_data(resp.content):
+                async for data in sse_data(resp.content):
                     try:
                         status = QueueStatus.model_validate_json(data)
                     except ValidationError:
@@ -425,7 +350,7 @@ class FalQueueClient:
                     if status.status == "COMPLETED":
                         return
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            log.warning("request=%s: status stream failed (%s); polling", handle.request_id, _describe(exc))
+            log.warning("request=%s: status stream failed (%s); polling", handle.request_id, describe_failure(exc))
             return
         log.info("request=%s: status stream ended early; polling", handle.request_id)
 
