@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from bench.rig import Figure, coffee, eventually, rig
+from bench.rig import Figure, coffee, rig
+from tests.e2e.harness import poll_until
 
 BATCH = 100  # commands sent at once; the whole thousand is sent within about a minute
 
@@ -19,7 +20,7 @@ async def run(jobs: int = 1000) -> list[Figure]:
         for start in range(0, jobs, BATCH):
             batch = await asyncio.gather(*(bench.inpaint(n, image, mask) for n in members[start : start + BATCH]))
             await bench.discord.wait_for(lambda: all(i.callbacks for i in batch), 60)  # noqa: B023
-        await eventually(lambda: bench.fal.stream_calls >= jobs, f"{jobs} status streams", timeout=600)
+        await poll_until(lambda: bench.fal.stream_calls >= jobs, f"{jobs} status streams", timeout=600)
         await asyncio.sleep(5)  # let the last replies and their edits settle
         rss, peak = bench.rss_mib()
         at_fal = len(bench.fal.jobs)

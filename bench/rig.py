@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import math
 import os
 import tempfile
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,15 +108,6 @@ async def rig(
             fal.release()
             for server in reversed(servers):
                 await server.close()
-
-
-async def eventually(condition: Any, what: str, timeout: float = 120, every: float = 0.02) -> None:  # noqa: ASYNC109
-    """Poll ``condition`` (the bot is another process: nothing in this one signals its progress)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not happen within {timeout:g} s")
-        await asyncio.sleep(every)
 
 
 def percentile(values: Sequence[float], pct: float) -> float:

@@ -361,7 +361,7 @@ class FalQueueClient:
         except (FalJobError, FalRejectedError) as exc:
             return FalJobError(exc.message)
         except FalTransientError:
-            pass
+            pass  # the result call could not say more; the status's own summary is what we have
         reason = self._safe(completed.error or completed.error_type or "no reason given")
         return FalJobError(f"fal could not finish this job: {reason}")
 

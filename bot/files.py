@@ -37,7 +37,7 @@ def _fsync_dir(path: Path) -> None:
     try:
         os.fsync(fd)
     except OSError:
-        pass
+        pass  # a file system that cannot sync a directory: the file itself was synced before the rename
     finally:
         os.close(fd)
 

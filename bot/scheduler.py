@@ -89,9 +89,6 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
-    def running(self, job_id: str) -> bool:
-        return job_id in self._tasks
-
     def hold(self, job_id: str) -> bool:
         """Keep a waiting job from starting (a cancel is being decided); False if it already started."""
         if job_id in self._tasks:

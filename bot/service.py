@@ -46,6 +46,10 @@ def month_start(now: datetime) -> datetime:
     return day_start(now).replace(day=1)
 
 
+def next_day(now: datetime) -> datetime:
+    return day_start(now) + timedelta(days=1)
+
+
 def next_month(now: datetime) -> datetime:
     start = month_start(now)
     return (start + timedelta(days=32)).replace(day=1)
@@ -144,10 +148,14 @@ class JobService:
         """The waiting line minus jobs an admin holds back (paused guild, banned member), and the jobs at fal."""
         unfinished = await self.store.list_unfinished()
         waiting: list[Job] = []
+        refusals: dict[tuple[int | None, int], str | None] = {}  # one look per member, not per job
         for job in unfinished:
             if job.state is not JobState.WAITING:
                 continue
-            reason = await self.admin.job_refusal(job)
+            member = (job.origin.guild_id, job.origin.user_id)
+            if member not in refusals:
+                refusals[member] = await self.admin.job_refusal(job)
+            reason = refusals[member]
             if reason is None:
                 waiting.append(job)
             else:
@@ -286,7 +294,7 @@ class JobService:
         if reason == "user_budget" and user_daily is not None:
             spent = await self.store.spend(user_id=job.origin.user_id, since=day_start(now))
             left = max(user_daily - spent, 0.0)
-            resets = int((day_start(now) + timedelta(days=1)).timestamp())
+            resets = int(next_day(now).timestamp())
             return (
                 f"This job would cost about {usd(job.cost_estimate_usd)}, but you have {usd(left)} left of your "
                 f"daily {usd(user_daily)}. Your budget resets <t:{resets}:R>."
@@ -360,7 +368,7 @@ class JobService:
         lines = [f"Your spend today: {usd(today)}", f"This month: {usd(month)}", f"Unfinished jobs: {unfinished}"]
         user_daily, guild_monthly = await self.admin.budgets(guild_id)
         if user_daily is not None:
-            resets = int((day_start(now) + timedelta(days=1)).timestamp())
+            resets = int(next_day(now).timestamp())
             lines.append(
                 f"Daily budget: {usd(user_daily)} ({usd(max(user_daily - today, 0))} left, resets <t:{resets}:R>)"
             )

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from tests.conftest import MakeRig
-from tests.fakes.discord import InvocationError
+from tests.fakes.discord import FakeInteraction, InvocationError
 from tests.rig import BotRig, visible_text
 from tests.test_flow import COFFEE, COFFEE_MASK, answer_to
 
@@ -44,12 +44,20 @@ async def test_pause_refuses_new_jobs_and_resume_allows_them(make_rig: MakeRig) 
     assert "taking jobs" in limits and "pause" in limits and "resume" in limits  # the admin log
 
 
-async def test_pause_holds_the_waiting_line(make_rig: MakeRig) -> None:
+async def one_at_fal_one_waiting(
+    make_rig: MakeRig, at_fal: str, waiting: str
+) -> tuple[BotRig, FakeInteraction, FakeInteraction]:
+    """A bot that sends one job to fal at a time: ``at_fal``'s job is queued there, ``waiting``'s is #1 in line."""
     rig = await make_rig(fal={"hold": True}, fal_settings={"max_concurrent": 1})
-    first = await rig.inpaint(COFFEE, COFFEE_MASK, user="alice")
+    first = await rig.inpaint(COFFEE, COFFEE_MASK, user=at_fal)
     await rig.wait_text(first, "Queued at fal")
-    second = await rig.inpaint(COFFEE, COFFEE_MASK, user="bob")
+    second = await rig.inpaint(COFFEE, COFFEE_MASK, user=waiting)
     await rig.wait_text(second, "#1 in this bot's queue")
+    return rig, first, second
+
+
+async def test_pause_holds_the_waiting_line(make_rig: MakeRig) -> None:
+    rig, first, second = await one_at_fal_one_waiting(make_rig, "alice", "bob")
     await admin(rig, "pause")
     rig.fal.release()
     await rig.wait_text(first, "Inpainted")
@@ -61,11 +69,7 @@ async def test_pause_holds_the_waiting_line(make_rig: MakeRig) -> None:
 
 
 async def test_ban_refuses_and_cancels_waiting_jobs_unban_restores(make_rig: MakeRig) -> None:
-    rig = await make_rig(fal={"hold": True}, fal_settings={"max_concurrent": 1})
-    first = await rig.inpaint(COFFEE, COFFEE_MASK, user="alice")
-    await rig.wait_text(first, "Queued at fal")
-    waiting = await rig.inpaint(COFFEE, COFFEE_MASK, user="bob")
-    await rig.wait_text(waiting, "#1 in this bot's queue")
+    rig, first, waiting = await one_at_fal_one_waiting(make_rig, "alice", "bob")
     assert "can no longer use /inpaint" in await admin(rig, "ban", member="bob", reason="spam")
     await rig.wait_text(waiting, "Cancelled")
     refused = await rig.inpaint(COFFEE, COFFEE_MASK, user="bob")
@@ -172,10 +176,7 @@ async def test_a_third_unfinished_job_is_refused_with_the_cap(make_rig: MakeRig)
 
 
 async def test_cancel_while_waiting_in_line_never_reaches_fal(make_rig: MakeRig) -> None:
-    rig = await make_rig(fal={"hold": True}, fal_settings={"max_concurrent": 1})
-    first = await rig.inpaint(COFFEE, COFFEE_MASK, user="bob")
-    await rig.wait_text(first, "Queued at fal")
-    waiting = await rig.inpaint(COFFEE, COFFEE_MASK, user="alice")
+    rig, first, waiting = await one_at_fal_one_waiting(make_rig, "bob", "alice")
     reply = await rig.wait_text(waiting, "in this bot's queue")
     await rig.discord.wait_for(lambda: any(c.startswith("fp:cancel:") for c in reply.custom_ids()))
     (button,) = reply.custom_ids()

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,15 @@ def config_for(
     for section, values in (extra or {}).items():
         sections.setdefault(section, {}).update(values)
     return write_config(workdir / "config.toml", sections)
+
+
+async def poll_until(condition: Callable[[], bool], what: str, timeout: float, every: float = 0.05) -> None:  # noqa: ASYNC109
+    """Poll ``condition``: the bot is another process, so nothing in this one signals its progress."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout:g} s")
+        await asyncio.sleep(every)
 
 
 class BotProcess:

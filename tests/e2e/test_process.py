@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.e2e.conftest import MakeE2E
+from tests.e2e.harness import poll_until
 from tests.fakes.discord import ManualClock
 from tests.rig import fixture, visible_text
 
@@ -50,12 +51,11 @@ async def wait_text(e2e, interaction, needle: str, timeout: float = 20):  # type
 
 
 async def eventually(e2e, condition, what: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]  # noqa: ASYNC109
-    """Wait for a condition on the fake fal or the bot's log, which no Discord event signals; polled."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} did not happen; bot log:\n{e2e.bot.log_text()[-4000:]}")
-        await asyncio.sleep(0.05)
+    """Wait for a condition on the fake fal or the bot's log, which no Discord event signals."""
+    try:
+        await poll_until(condition, what, timeout)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; bot log:\n{e2e.bot.log_text()[-4000:]}") from None
 
 
 def logged(e2e, needle: str, start: int):  # type: ignore[no-untyped-def]
