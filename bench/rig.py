@@ -16,10 +16,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from PIL import Image, ImageDraw
 
-from tests.e2e.harness import BotProcess, write_config
+from tests.e2e.harness import BotProcess, config_for
 from tests.fakes.discord import FakeDiscord, FakeInteraction, start_fake_discord
 from tests.fakes.fal import FakeFal, start_fake_fal
-from tests.rig import fixture, host_of
+from tests.rig import fixture
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -86,19 +86,7 @@ async def rig(
         workdir = Path(tmp)
         discord = await start_fake_discord(serve, **(fake_discord or {}))
         fal = await start_fake_fal(serve, **(fake_fal or {}))
-        assert fal.base_url is not None
-        config: dict[str, dict[str, Any]] = {
-            "discord": {
-                "api_base_url": discord._base(),
-                "gateway_url": discord.gateway_url,
-                "attachment_hosts": [host_of(discord._base())],
-            },
-            "fal": {"base_url": fal.base_url, "media_hosts": [fal.media_host]},
-            "storage": {"data_dir": str(workdir / "data")},
-        }
-        for section, values in sections.items():
-            config.setdefault(section, {}).update(values)
-        path = write_config(workdir / "config.toml", config)
+        path = config_for(workdir, discord, fal, sections, defaults={})  # the bot's own defaults
         bench = Rig(discord, fal, BotProcess(workdir, discord, fal, path), workdir, servers)
         try:
             await bench.bot.start()

@@ -41,10 +41,23 @@ def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
     return path
 
 
+# What the scenarios change from the defaults: short polls, so a job's progress shows within a test's patience.
+SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
+    "fal": {"status_mode": "poll", "poll_interval_s": 0.1, "max_poll_interval_s": 0.5},
+    "logging": {"level": "INFO"},
+}
+
+
 def config_for(
-    workdir: Path, discord: FakeDiscord, fal: FakeFal, extra: dict[str, dict[str, Any]] | None = None
+    workdir: Path,
+    discord: FakeDiscord,
+    fal: FakeFal,
+    extra: dict[str, dict[str, Any]] | None = None,
+    *,
+    defaults: dict[str, dict[str, Any]] = SCENARIO_DEFAULTS,
 ) -> Path:
-    """A config.toml for a bot that talks only to the two fakes; the secrets come from the environment."""
+    """A config.toml for a bot that talks only to the two fakes: ``defaults``, then ``extra``, over the bot's
+    own defaults; the secrets come from the environment."""
     assert fal.base_url is not None
     sections: dict[str, dict[str, Any]] = {
         "discord": {
@@ -52,17 +65,10 @@ def config_for(
             "gateway_url": discord.gateway_url,
             "attachment_hosts": [host_of(discord._base())],
         },
-        "fal": {
-            "base_url": fal.base_url,
-            "media_hosts": [fal.media_host],
-            "status_mode": "poll",
-            "poll_interval_s": 0.1,
-            "max_poll_interval_s": 0.5,
-        },
+        "fal": {"base_url": fal.base_url, "media_hosts": [fal.media_host]},
         "storage": {"data_dir": str(workdir / "data")},
-        "logging": {"level": "INFO"},
     }
-    for section, values in (extra or {}).items():
+    for section, values in [*defaults.items(), *(extra or {}).items()]:
         sections.setdefault(section, {}).update(values)
     return write_config(workdir / "config.toml", sections)
 
