@@ -188,3 +188,14 @@ async def test_cancel_while_waiting_in_line_never_reaches_fal(make_rig: MakeRig)
     assert len(rig.fal.submits) == 1 and rig.fal.cancels == []
     usage = await rig.discord.slash("usage", user="alice")
     assert "Your spend today: $0.000" in await answer_to(rig, usage)
+
+
+async def test_exempt_roles_skip_the_budget_others_are_held_to_it(make_rig: MakeRig) -> None:
+    rig = await make_rig(start=False)
+    moderator = int(rig.discord.roles["Moderator"]["id"])
+    budgets = rig.settings.budgets.model_copy(update={"user_daily_usd": 0.0, "exempt_role_ids": [moderator]})
+    await rig.start(rig.settings.model_copy(update={"budgets": budgets}))
+    refused = await rig.wait_text(await rig.inpaint(COFFEE, COFFEE_MASK, user="alice"), "❌")
+    assert "you have $0.000 left of your daily $0.000" in refused.content, refused.content
+    await rig.wait_text(await rig.inpaint(COFFEE, COFFEE_MASK, user="mod"), "Inpainted")
+    assert len(rig.fal.submits) == 1
