@@ -9,7 +9,7 @@ import platform
 import time
 from collections.abc import Awaitable, Callable
 
-from bench import delivery, edits, first_response, memory, status_calls
+from bench import delivery, edits, first_response, memory, status_calls, uploads
 from bench.rig import Figure, report
 
 BENCHES: dict[str, tuple[str, Callable[[], Awaitable[list[Figure]]]]] = {
@@ -18,6 +18,7 @@ BENCHES: dict[str, tuple[str, Callable[[], Awaitable[list[Figure]]]]] = {
     "edits": ("Edits of the reply", edits.run),
     "status_calls": ("fal status calls and CPU per job", status_calls.run),
     "memory": ("Memory with 1,000 jobs at fal", memory.run),
+    "uploads": ("Memory with 50 photos of 20 MiB at once", uploads.run),
 }
 
 

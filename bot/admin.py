@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from bot.config import Settings
@@ -26,21 +26,10 @@ def _budget(value: float | None) -> str:
 class GuildAdmin:
     """What admins decided for their guild, read from the job store on every check (no cache to go stale)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        store: JobStore,
-        clock: Callable[[], datetime] = utcnow,
-        *,
-        on_ban: Callable[[int, int], Awaitable[None]] | None = None,
-        on_change: Callable[[], None] | None = None,
-    ) -> None:
-        """``on_ban(guild_id, user_id)`` drops a banned member's waiting jobs; ``on_change()`` re-reads the line."""
+    def __init__(self, settings: Settings, store: JobStore, clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
-        self.on_ban = on_ban
-        self.on_change = on_change
 
     # what the core asks
 
@@ -63,12 +52,15 @@ class GuildAdmin:
         return await self.refusal(job.origin.guild_id, job.origin.user_id)
 
     async def budgets(self, guild_id: int | None) -> tuple[float | None, float | None]:
-        """(member daily, server monthly) USD budgets in force; None means no limit."""
+        """(member daily, server monthly) USD budgets in force, held to the owner's ceilings; None: no limit."""
         defaults = self.settings.budgets
         if guild_id is None:
-            return defaults.user_daily_usd, None
+            return defaults.capped("user_daily", defaults.user_daily_usd), None
         stored = await self.store.guild_settings(guild_id)
-        return stored.user_daily(defaults.user_daily_usd), stored.guild_monthly(defaults.guild_monthly_usd)
+        return (
+            defaults.capped("user_daily", stored.user_daily(defaults.user_daily_usd)),
+            defaults.capped("guild_monthly", stored.guild_monthly(defaults.guild_monthly_usd)),
+        )
 
     # admin commands
 
@@ -94,7 +86,18 @@ class GuildAdmin:
         guild_monthly_usd: float | None,
         reset: bool,
     ) -> str:
-        """None leaves a budget as it is; ``reset`` goes back to the config defaults for both."""
+        """None leaves a budget as it is; ``reset`` goes back to the config defaults for both. A budget above the
+        owner's ceiling is refused and nothing changes."""
+        ceilings = self.settings.budgets
+        for label, value, ceiling in (
+            ("member daily", user_daily_usd, ceilings.max_user_daily_usd),
+            ("server monthly", guild_monthly_usd, ceilings.max_guild_monthly_usd),
+        ):
+            if value is not None and ceiling is not None and value > ceiling:
+                return (
+                    f"Nothing changed: the bot's owner allows a {label} budget of at most {usd(ceiling)} "
+                    f"(you asked for {usd(value)})."
+                )
         daily: float | BudgetChange = DEFAULT if reset else (UNCHANGED if user_daily_usd is None else user_daily_usd)
         monthly: float | BudgetChange = (
             DEFAULT if reset else (UNCHANGED if guild_monthly_usd is None else guild_monthly_usd)
@@ -108,25 +111,20 @@ class GuildAdmin:
     async def set_paused(self, guild_id: int, paused: bool, *, by: int) -> str:
         await self.store.set_paused(guild_id, paused, by=by)
         log.info("guild=%s admin=%s %s", guild_id, by, "paused" if paused else "resumed")
-        if self.on_change is not None:
-            self.on_change()
         if paused:
             return "Paused: new /inpaint jobs are refused and waiting jobs stay in line until you resume."
         return "Resumed: /inpaint takes jobs again and the waiting line moves."
 
-    async def ban(self, guild_id: int, user_id: int, *, by: int, reason: str | None) -> str:
+    async def ban(self, guild_id: int, user_id: int, *, by: int, reason: str | None) -> tuple[bool, str]:
+        """(newly banned, the answer); the caller drops the member's waiting jobs when newly banned."""
         if await self.store.ban(guild_id, user_id, by=by, reason=reason):
             log.info("guild=%s admin=%s banned user=%s", guild_id, by, user_id)
-            if self.on_ban is not None:
-                await self.on_ban(guild_id, user_id)
-            return f"<@{user_id}> can no longer use /inpaint here; their waiting jobs won't be sent to fal."
-        return f"<@{user_id}> was already banned."
+            return True, f"<@{user_id}> can no longer use /inpaint here; their waiting jobs won't be sent to fal."
+        return False, f"<@{user_id}> was already banned."
 
     async def unban(self, guild_id: int, user_id: int, *, by: int) -> str:
         if await self.store.unban(guild_id, user_id, by=by):
             log.info("guild=%s admin=%s unbanned user=%s", guild_id, by, user_id)
-            if self.on_change is not None:
-                self.on_change()
             return f"<@{user_id}> can use /inpaint here again."
         return f"<@{user_id}> wasn't banned."
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,21 @@ async def reply_once(interaction: discord.Interaction, text: str) -> None:
             await interaction.response.send_message(f"❌ {text}", ephemeral=True)
     except discord.HTTPException as exc:
         log.warning("could not report an error to the member (%s %s)", exc.status, exc.code)
+
+
+async def answer_privately(interaction: discord.Interaction, work: Awaitable[str]) -> None:
+    """A component's answer, whatever happens: discord.py only logs what a button's callback raises, and the
+    member would be left looking at "thinking…". The interaction must be deferred (ephemeral) already."""
+    try:
+        text = await work
+    except Exception as exc:
+        if not isinstance(exc, UserFacingError):
+            log.exception("component %s failed", interaction.data and interaction.data.get("custom_id"))
+        text = user_message(exc)
+    try:
+        await interaction.followup.send(text, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not answer a component (%s %s)", exc.status, exc.code)
 
 
 class FluxpaintTree(app_commands.CommandTree["FluxpaintBot"]):

@@ -22,10 +22,11 @@ from bot.config import ConfigError, Settings, load_settings, masked_dump
 from bot.downloads import fetch
 from bot.errors import UserFacingError
 from bot.fal import FalQueueClient
-from bot.fal_models import FalHandle
+from bot.fal_models import FalHandle, fal_input
+from bot.intake import estimate_cost
+from bot.logs import setup_logging
 from bot.models import InpaintOptions
 from bot.progress import usd
-from bot.runner import estimate_cost, fal_input
 
 if TYPE_CHECKING:
     from bot.app import FluxpaintBot
@@ -34,33 +35,6 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 5.0
 USER_AGENT = "fluxpaint/0.1 (+https://github.com/fluxpaint)"
-
-
-class _Redact(logging.Filter):
-    """Last line of defence: drop known secrets from any log record's rendered text."""
-
-    def __init__(self, secrets: Sequence[str]) -> None:
-        super().__init__()
-        self.secrets = [s for s in secrets if len(s) >= 6]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if any(secret in message for secret in self.secrets):
-            for secret in self.secrets:
-                message = message.replace(secret, "**********")
-            record.msg, record.args = message, None
-        return True
-
-
-def setup_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_Redact([settings.discord.token.get_secret_value(), settings.fal.key.get_secret_value()]))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(settings.logging.level)
-    for noisy in ("discord", "aiosqlite"):  # their DEBUG lines carry request bodies and SQL parameters (tokens)
-        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
 
 
 def session(settings: Settings) -> aiohttp.ClientSession:
@@ -84,7 +58,7 @@ async def runtime(settings: Settings) -> AsyncIterator[FluxpaintBot]:
     point_at(settings.discord)
     async with session(settings) as http, await JobStore.open(data_dir / "fluxpaint.sqlite3") as store:
         bot = FluxpaintBot(settings)
-        notifier = DiscordNotifier(bot, store, settings.ui, max_request_bytes=settings.discord.max_request_bytes)
+        notifier = DiscordNotifier(bot, settings.ui, max_request_bytes=settings.discord.max_request_bytes)
         service = JobService(
             settings=settings,
             store=store,

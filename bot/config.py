@@ -99,7 +99,12 @@ class FalSettings(Section):
     request_timeout_s: float = Field(60.0, gt=0)
     submit_timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(6, ge=0, le=20)
-    job_timeout_s: float = Field(3600.0, gt=0)
+    # The deadline of a job at fal from its submit: past it the job is cancelled there and its slot freed. Sent as
+    # fal's X-Fal-Request-Timeout too (a deadline for the job to start).
+    job_timeout_s: float = Field(3600.0, gt=1, le=7 * 86400)
+    # The pause before a step that failed for a passing reason is tried again (status, result, download, post),
+    # and before a submit that fal turned away (429) goes back in line.
+    retry_pause_s: float = Field(30.0, ge=0.01, le=3600)
 
     @property
     def app_id(self) -> str:
@@ -118,6 +123,8 @@ class LimitSettings(Section):
     max_num_inference_steps: int = Field(50, ge=1, le=50)
     max_jobs_per_user: int = Field(2, ge=1)
     mask_threshold: int = Field(128, ge=1, le=255)
+    # Downloads and decodes at once: 50 members posting 20 MiB photos together must not exhaust memory.
+    max_parallel_prepare: int = Field(default_factory=lambda: 2 * (os.cpu_count() or 1), ge=1, le=256)
 
 
 class UiSettings(Section):
@@ -139,9 +146,30 @@ class StorageSettings(Section):
 
 
 class BudgetSettings(Section):
-    user_daily_usd: float | None = Field(None, ge=0)
-    guild_monthly_usd: float | None = Field(None, ge=0)
+    user_daily_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
+    guild_monthly_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
     exempt_role_ids: list[int] = Field(default_factory=list)
+    # The owner's ceilings: no server's admins may set (or default to) more than these; None: no ceiling.
+    max_user_daily_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
+    max_guild_monthly_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _defaults_under_ceilings(self) -> BudgetSettings:
+        pairs = (
+            ("user_daily_usd", self.user_daily_usd, self.max_user_daily_usd),
+            ("guild_monthly_usd", self.guild_monthly_usd, self.max_guild_monthly_usd),
+        )
+        for name, value, ceiling in pairs:
+            if ceiling is not None and value is not None and value > ceiling:
+                raise ValueError(f"budgets.{name} ({value:g}) is above the owner's ceiling budgets.max_{name}")
+        return self
+
+    def capped(self, which: Literal["user_daily", "guild_monthly"], value: float | None) -> float | None:
+        """``value`` held to the owner's ceiling; no limit (None) becomes the ceiling when there is one."""
+        ceiling = self.max_user_daily_usd if which == "user_daily" else self.max_guild_monthly_usd
+        if ceiling is None:
+            return value
+        return ceiling if value is None else min(value, ceiling)
 
 
 class AccessSettings(Section):

@@ -16,8 +16,8 @@ import discord
 from bot import images
 from bot.config import UiSettings
 from bot.models import Job, OutputFormat, utcnow
-from bot.progress import EmbedData, Reply, ResultFile, cancel_custom_id
-from bot.store import JobStore
+from bot.progress import DeliveryError, EmbedData, Reply, ResultFile, ResultPart
+from cogs.buttons import CancelButton
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,10 @@ MAX_FILES_PER_MESSAGE = 10
 DM_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's default per-file limit, the one DMs get
 TOKEN_ERRORS = frozenset({50027, 10015})  # invalid webhook token, unknown webhook
 GONE_ERRORS = frozenset({10008, 10003})  # unknown message, unknown channel
+FINAL_TRIES = 3  # edits of a failed or cancelled job's reply before its text is posted anew
+FINAL_RETRY_S = 1.0
+FINAL_PART = 999  # the nonce of a final text posted anew
+HISTORY_LOOKBACK = 50  # the bot's recent messages searched for a part posted before a crash
 
 
 def batches(files: Sequence[ResultFile], *, max_bytes: int = MAX_REQUEST_BYTES) -> list[list[ResultFile]]:
@@ -46,6 +50,11 @@ def delivery_nonce(job_id: str, part: int) -> str:
     return f"fp{job_id[:20]}{part:03d}"
 
 
+def part_text(job_id: str, index: int, total: int) -> str:
+    """The text of a result's further messages; the job id in it finds the message again after a crash."""
+    return f"Results {index + 1}/{total} · job {job_id}"
+
+
 def to_embed(data: EmbedData) -> discord.Embed:
     embed = discord.Embed(title=data.title, description=data.description[:4096], colour=data.colour)
     for name, value in data.fields:
@@ -57,9 +66,7 @@ def to_embed(data: EmbedData) -> discord.Embed:
 
 def cancel_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    view.add_item(
-        discord.ui.Button(label="Cancel", style=discord.ButtonStyle.danger, custom_id=cancel_custom_id(job_id))
-    )
+    view.add_item(CancelButton(job_id))  # the one definition; its clicks are handled statelessly after restarts
     return view
 
 
@@ -85,7 +92,6 @@ class DiscordNotifier:
     def __init__(
         self,
         client: discord.Client,
-        store: JobStore,
         ui: UiSettings,
         *,
         max_request_bytes: int = MAX_REQUEST_BYTES,
@@ -94,7 +100,6 @@ class DiscordNotifier:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.client = client
-        self.store = store
         self.ui = ui
         self.max_request_bytes = max_request_bytes
         self.monotonic = monotonic
@@ -234,16 +239,39 @@ class DiscordNotifier:
         if tasks:
             await asyncio.wait(tasks)
 
+    # final texts
+
+    async def finish(self, job: Job, reply: Reply) -> None:
+        """The last text of a failed or cancelled job: edited in, retried, else posted anew; never raises."""
+        editor = self._editors.setdefault(job.id, _Editor(job=job))
+        editor.job, editor.wanted = job, None  # a stale "Generating…" must not land after this
+        if editor.task is not None and not editor.task.done() and editor.task is not asyncio.current_task():
+            await asyncio.wait([editor.task])
+        async with editor.lock:
+            for attempt in range(FINAL_TRIES):
+                await self._wait_turn(editor)
+                try:
+                    reached = await self._edit_reply(job, reply)
+                except discord.HTTPException as exc:
+                    log.warning("job=%s final edit failed (%s %s); try %d", job.id, exc.status, exc.code, attempt + 1)
+                    editor.last_edit = self.monotonic()
+                    await self.sleep(FINAL_RETRY_S * (attempt + 1))
+                    continue
+                editor.last_edit = self.monotonic()
+                if reached:
+                    editor.shown = reply
+                    return
+                break
+            # the reply cannot be edited (deleted, or the token is gone and its id unknown): say it anew
+            try:
+                await self._post_new(job, reply, [], mention=True, nonce=delivery_nonce(job.id, FINAL_PART))
+            except discord.HTTPException as exc:
+                log.warning("job=%s final text could not be posted either (%s %s)", job.id, exc.status, exc.code)
+
     # results
 
-    async def deliver(self, job: Job, reply: Reply, files: Sequence[ResultFile]) -> None:
-        editor = self._editors.get(job.id) or _Editor(job=job)
-        self._editors[job.id] = editor
-        editor.wanted = None  # a stale "Generating…" must not land after the result
-        if editor.task is not None and not editor.task.done():
-            # Let an edit under way finish rather than cancel it: discord.py's webhook adapter can keep its
-            # per-webhook lock forever when a request is cancelled during its rate-limit sleep.
-            await asyncio.wait([editor.task])
+    async def plan(self, job: Job, reply: Reply, files: Sequence[ResultFile]) -> list[ResultPart]:
+        """The result in messages of at most ten files and one request's bytes, re-encoded where needed."""
         # a boosted server's per-file limit can exceed what one request may carry
         limit = min(job.origin.upload_limit_bytes, self.max_request_bytes)
         fitted, notes = await _fit(files, limit, job.options.output_format)
@@ -251,39 +279,58 @@ class DiscordNotifier:
             extra = "\n".join(f"ℹ️ {n}" for n in notes)
             reply = Reply(content=reply.content, embed=_with_extra(reply.embed, extra))
         # No files at all (every image withheld): one part without files still shows the result and its note.
-        parts = batches(fitted, max_bytes=self.max_request_bytes) or [[]]
-        async with editor.lock:
-            await self._wait_turn(editor)
-            await self._post_parts(job, reply, parts)
-            editor.last_edit = self.monotonic()
-            editor.shown = editor.wanted = None
+        groups = batches(fitted, max_bytes=self.max_request_bytes) or [[]]
+        total = len(groups)
+        return [
+            ResultPart(
+                index=index,
+                total=total,
+                reply=reply if index == 0 else Reply(content=part_text(job.id, index, total)),
+                files=tuple(group),
+            )
+            for index, group in enumerate(groups)
+        ]
 
-    async def _post_parts(self, job: Job, reply: Reply, parts: list[list[ResultFile]]) -> None:
-        done_files = job.delivered_files
-        for index, part in enumerate(parts):
-            first, count = sum(len(p) for p in parts[:index]), len(part)
-            if (first + count <= done_files) if count else bool(job.delivered_message_ids):
-                continue  # posted before a restart
-            if index == 0:
-                posted = await self._post_first(job, reply, part)
-            else:
-                text = f"Results {index + 1}/{len(parts)} · job {job.id}"
-                posted = await self._post_new(
-                    job, Reply(content=text), part, mention=False, nonce=delivery_nonce(job.id, index)
-                )
-            job.delivered_files = first + count
-            if posted is not None:
-                job.delivered_message_ids = [*job.delivered_message_ids, posted[1]]
-            await self.store.save(job)
+    async def post(self, job: Job, part: ResultPart, *, maybe_posted: bool) -> int | None:
+        """Post one part of the result (the first edits the reply while the token lives); the message id."""
+        editor = self._editors.setdefault(job.id, _Editor(job=job))
+        editor.job, editor.wanted = job, None  # a stale "Generating…" must not land after the result
+        if editor.task is not None and not editor.task.done():
+            # Let an edit under way finish rather than cancel it: discord.py's webhook adapter can keep its
+            # per-webhook lock forever when a request is cancelled during its rate-limit sleep.
+            await asyncio.wait([editor.task])
+        try:
+            async with editor.lock:
+                await self._wait_turn(editor)
+                try:
+                    return await self._post_part(job, part, maybe_posted=maybe_posted)
+                finally:
+                    editor.last_edit = self.monotonic()
+                    editor.shown = None
+        except discord.HTTPException as exc:
+            transient = exc.status >= 500 or exc.status == 429
+            raise DeliveryError(f"Discord answered {exc.status} ({exc.code})", transient=transient) from exc
 
-    async def _post_first(self, job: Job, reply: Reply, part: list[ResultFile]) -> tuple[int, int] | None:
+    async def _post_part(self, job: Job, part: ResultPart, *, maybe_posted: bool) -> int | None:
         origin = job.origin
-        if self._token_usable(job) and await self._edit_reply(job, reply, files=part, final=True, via_channel=False):
-            # the reply's id is known but for a defer answer that lacked it ("@original" was edited then)
-            return (origin.channel_id, origin.message_id) if origin.message_id is not None else None
+        files = list(part.files)
+        if part.index > 0:
+            if maybe_posted and (found := await self._find_posted(job, part)) is not None:
+                return found
+            posted = await self._post_new(
+                job, part.reply, files, mention=False, nonce=delivery_nonce(job.id, part.index)
+            )
+            return posted[1] if posted else None
+        if self._token_usable(job) and await self._edit_reply(
+            job, part.reply, files=files, final=True, via_channel=False
+        ):
+            return origin.message_id  # None only when the defer answer lacked it ("@original" was edited then)
         # Past the token's life (by our clock or by Discord's 401) the member would not notice an edit: post
         # anew and mention them once, whichever call found the token dead.
-        posted = await self._post_new(job, reply, part, mention=True, nonce=delivery_nonce(job.id, 0))
+        found = await self._find_posted(job, part) if maybe_posted else None
+        posted = (origin.channel_id, found) if found is not None else None
+        if posted is None:
+            posted = await self._post_new(job, part.reply, files, mention=True, nonce=delivery_nonce(job.id, 0))
         if posted is not None and origin.message_id is not None:
             channel_id, message_id = posted
             where = (
@@ -291,12 +338,35 @@ class DiscordNotifier:
                 if channel_id == origin.channel_id
                 else "I couldn't post here, so your results went to your DMs."
             )
-            pointer = Reply(content=f"✅ Done: {where}")
             try:
-                await self._edit_reply(job, pointer, final=True)
+                await self._edit_reply(job, Reply(content=f"✅ Done: {where}"), final=True)
             except discord.HTTPException as exc:
                 log.warning("job=%s could not point the old reply at the results (%s)", job.id, exc.status)
-        return posted
+        return posted[1] if posted else None
+
+    async def _find_posted(self, job: Job, part: ResultPart) -> int | None:
+        """The bot's own message for this part among the channel's recent ones, if a crash came after the post.
+
+        Discord forgets nonces after a few minutes; the job id in the embed footer (or the part's text) does not.
+        """
+        me = self.client.user
+        if me is None:
+            return None
+        nonce = delivery_nonce(job.id, part.index)
+        marker = f"job {job.id}"
+        try:
+            async for message in self._channel(job).history(limit=HISTORY_LOOKBACK):
+                if message.author.id != me.id:
+                    continue
+                footers = [e.footer.text or "" for e in message.embeds if e.footer]
+                if message.nonce == nonce or (
+                    marker in message.content if part.index > 0 else any(marker in f for f in footers)
+                ):
+                    log.info("job=%s part %d was posted before a restart; not posting again", job.id, part.index)
+                    return message.id
+        except discord.HTTPException as exc:  # no history access: the nonce still stops a quick repeat
+            log.warning("job=%s could not read the channel's recent messages (%s)", job.id, exc.status)
+        return None
 
     async def _post_new(
         self, job: Job, reply: Reply, part: list[ResultFile], *, mention: bool, nonce: str
@@ -335,16 +405,18 @@ class DiscordNotifier:
                 if exc.status != 401 and exc.code not in TOKEN_ERRORS:
                     raise
                 self._dead_tokens.add(job.id)
-        return await self._dm(job, reply, part)
+        return await self._dm(job, reply, part, nonce)
 
-    async def _dm(self, job: Job, reply: Reply, part: list[ResultFile]) -> tuple[int, int] | None:
+    async def _dm(self, job: Job, reply: Reply, part: list[ResultFile], nonce: str) -> tuple[int, int] | None:
         part, _ = await _fit(part, DM_UPLOAD_LIMIT, job.options.output_format)  # a server's boost doesn't apply
         try:
             user = await self.client.fetch_user(job.origin.user_id)
+            where = f"I couldn't post in <#{job.origin.channel_id}>"
             sent = await user.send(
-                content=f"I couldn't post in <#{job.origin.channel_id}>; here are your results.",
+                content=f"{where}; here are your results." if reply.embed else f"{where}:\n{reply.content}"[:2000],
                 embeds=[to_embed(reply.embed)] if reply.embed else [],
                 files=to_files(part),
+                nonce=nonce,
             )
             return sent.channel.id, sent.id
         except discord.HTTPException as exc:

@@ -25,6 +25,10 @@ class DownloadTooLargeError(DownloadError):
     """The file is over its byte cap; nothing beyond the cap was read."""
 
 
+class DownloadTransientError(DownloadError):
+    """A timeout, a dropped connection or a 5xx/429: the same download may work later."""
+
+
 def _mb(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MB"
 
@@ -77,6 +81,8 @@ async def fetch(
                 if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                     url = urljoin(url, resp.headers["Location"])
                     continue
+                if resp.status in (408, 429) or resp.status >= 500:
+                    raise DownloadTransientError(f"The {what} could not be downloaded (HTTP {resp.status}).")
                 if resp.status != 200:
                     raise DownloadError(f"The {what} could not be downloaded (HTTP {resp.status}).")
                 if resp.content_length is not None and resp.content_length > max_bytes:
@@ -90,7 +96,7 @@ async def fetch(
                         raise DownloadTooLargeError(f"The {what} is larger than the limit of {_mb(max_bytes)}.")
                 return bytes(body)
         except TimeoutError as exc:
-            raise DownloadError(f"Downloading the {what} timed out after {timeout_s:g} s.") from exc
+            raise DownloadTransientError(f"Downloading the {what} timed out after {timeout_s:g} s.") from exc
         except aiohttp.ClientError as exc:
-            raise DownloadError(f"The {what} could not be downloaded (connection problem).") from exc
+            raise DownloadTransientError(f"The {what} could not be downloaded (connection problem).") from exc
     raise DownloadError(f"The {what} could not be downloaded (too many redirects).")

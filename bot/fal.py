@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from urllib.parse import quote, urlsplit
@@ -110,8 +111,9 @@ class FalQueueClient:
         content_type: str | None = None,
         auth: bool = True,
         params: Mapping[str, str] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> FalAnswer:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", **(extra_headers or {})}
         if auth:
             headers["Authorization"] = f"{self._settings.auth_scheme} {self._settings.key.get_secret_value()}"
         if content_type:
@@ -197,12 +199,15 @@ class FalQueueClient:
         """
         url = f"{self._settings.base_url}/{self._settings.endpoint}"
         body = payload.to_wire()
+        # fal drops a job that has not started by then (504, timeout type "user"); the bot's own deadline covers
+        # the run as well and cancels the job at fal when it passes
+        deadline = {"X-Fal-Request-Timeout": str(math.ceil(self._settings.job_timeout_s))}
         timeout = aiohttp.ClientTimeout(total=self._settings.submit_timeout_s, connect=self._settings.connect_timeout_s)
         problem = "no answer"
         for attempt in range(self._settings.max_retries + 1):
             retry_after = None
             try:
-                reply = await self._send("POST", url, json_body=body, client_timeout=timeout)
+                reply = await self._send("POST", url, json_body=body, client_timeout=timeout, extra_headers=deadline)
             except aiohttp.ClientSSLError as exc:
                 raise FalTransientError("fal's TLS certificate was not accepted, so the job was not sent.") from exc
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:

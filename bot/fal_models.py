@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.errors import UserFacingError
+from bot.models import InpaintOptions
 
 RETRY_AFTER_MAX_S = 120.0
 MAX_DETAIL_CHARS = 300
@@ -192,3 +193,19 @@ def no_retry_header(headers: Mapping[str, str]) -> bool:
         if headers.get(name, "").strip().lower() in ("0", "false", "no"):
             return True
     return headers.get("X-Fal-Request-Timeout-Type", "").lower() == "user"  # start_timeout expired: never retry
+
+
+def fal_input(options: InpaintOptions, image_url: str, mask_url: str) -> InpaintInput:
+    """What fal is sent for these options: the one place the member's choices become fal's input."""
+    return InpaintInput(
+        prompt=options.prompt,
+        image_url=image_url,
+        mask_url=mask_url,
+        strength=options.strength,
+        num_inference_steps=options.num_inference_steps,
+        guidance_scale=options.guidance_scale,
+        num_images=options.num_images,
+        seed=options.seed,
+        enable_safety_checker=options.enable_safety_checker,
+        output_format=options.output_format,
+    )

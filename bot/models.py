@@ -54,7 +54,7 @@ class InpaintOptions(BaseModel):
     num_images: int = Field(1, ge=1, le=4)
     num_inference_steps: int = Field(28, ge=1, le=50)
     guidance_scale: float = Field(3.5, ge=0, le=35)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(None, ge=0, le=2**53 - 1)  # Discord's integer limit (Int53)
     output_format: OutputFormat = "jpeg"
     invert_mask: bool = False
     enable_safety_checker: bool = True
@@ -95,6 +95,7 @@ class Job(BaseModel):
     model_config = ConfigDict(validate_assignment=True)
 
     id: str = Field(default_factory=new_job_id)
+    version: int = 0  # the row's version: a save succeeds only over the version it read (one writer wins)
     state: JobState = JobState.ACCEPTED
     origin: Origin
     options: InpaintOptions
@@ -124,10 +125,12 @@ class Job(BaseModel):
     nsfw_flags: list[bool] = Field(default_factory=list)
     result_files: list[str] = Field(default_factory=list)  # file names in the job's folder
 
+    retry_at: datetime | None = None  # back in line after fal refused the submit (429): not before this time
+
     # Discord side
-    message_id: int | None = None  # the deferred reply, once known
     delivered_message_ids: list[int] = Field(default_factory=list)
-    delivered_files: int = 0  # how many result files are already posted (multi-message delivery)
+    delivered_parts: int = 0  # how many messages of the result are posted (multi-message delivery)
+    posting_part: int | None = None  # the part being posted: after a crash it may exist already
     cancel_requested_by: int | None = None
     error: str | None = None  # the member-facing reason for FAILED
     cost_usd: float | None = None  # recorded once fal has delivered

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
+
+from discord.utils import escape_markdown, escape_mentions  # pure text functions, no Discord objects
 
 from bot.models import Job, JobState
 
@@ -15,10 +17,6 @@ PROMPT_PREVIEW = 120
 COLOUR_OK = 0x57F287
 COLOUR_FAILED = 0xED4245
 COLOUR_CANCELLED = 0x99AAB5
-
-
-def cancel_custom_id(job_id: str) -> str:
-    return f"{CANCEL_PREFIX}{job_id}"
 
 
 @dataclass(frozen=True)
@@ -46,30 +44,58 @@ class ResultFile:
     spoiler: bool = False
 
 
-@dataclass
-class Delivery:
-    """What delivery posted, so that a resumed delivery continues instead of repeating."""
+@dataclass(frozen=True)
+class ResultPart:
+    """One message of a result: part ``index`` of ``total``; the first carries the embed."""
 
-    message_ids: list[int] = field(default_factory=list)
-    files_posted: int = 0
+    index: int
+    total: int
+    reply: Reply
+    files: tuple[ResultFile, ...]
+
+
+class DeliveryError(Exception):
+    """Discord did not take a post; ``transient`` says whether the same post may work later."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class JobNotifier(Protocol):
-    """The core's view of the Discord side: show a job's state, post its results."""
+    """The core's view of the Discord side: show a job's state, post its results. It never writes a job."""
 
     async def update(self, job: Job, reply: Reply) -> None:
-        """Show ``reply``; throttled, and a newer reply replaces one not yet shown."""
+        """Show ``reply``; paced, and a newer reply replaces one not yet shown."""
 
-    async def deliver(self, job: Job, reply: Reply, files: Sequence[ResultFile]) -> None:
-        """Post the finished job; continues from ``job.delivered_files`` when resumed."""
+    async def finish(self, job: Job, reply: Reply) -> None:
+        """Show the last text of a failed or cancelled job: retried, else posted anew; never dropped."""
+
+    async def plan(self, job: Job, reply: Reply, files: Sequence[ResultFile]) -> list[ResultPart]:
+        """The result split into messages within Discord's limits; the same parts for the same input."""
+
+    async def post(self, job: Job, part: ResultPart, *, maybe_posted: bool) -> int | None:
+        """Post one part; the message id, or None when no route reached the member.
+
+        With ``maybe_posted`` (a crash came between sending and recording it) an earlier copy is looked for first.
+
+        Raises:
+            DeliveryError: Discord did not take it.
+        """
 
     async def forget(self, job_id: str) -> None:
-        """Drop any pending update of a finished job."""
+        """Drop the pacing state of a finished job."""
+
+
+def member_text(text: str) -> str:
+    """Text a member typed, shown as typed: no Markdown, no masked links, no pings."""
+    return escape_mentions(escape_markdown(text))
 
 
 def _preview(prompt: str, limit: int = PROMPT_PREVIEW) -> str:
     one_line = " ".join(prompt.split())
-    return one_line if len(one_line) <= limit else one_line[: limit - 1] + "…"
+    cut = one_line if len(one_line) <= limit else one_line[: limit - 1] + "…"
+    return member_text(cut)
 
 
 def usd(amount: float) -> str:

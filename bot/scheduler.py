@@ -1,4 +1,5 @@
-"""Fair waiting line and the cap on jobs at fal; owns one task per running job and nothing else."""
+"""The fair waiting line and the cap on jobs at fal: reads the line from the store, hands jobs to the pipeline, and
+owns one task per running job; it never writes a job."""
 
 from __future__ import annotations
 
@@ -6,14 +7,21 @@ import asyncio
 import functools
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from bot.models import Job
+from bot.models import Job, JobState, utcnow
+
+if TYPE_CHECKING:
+    from bot.pipeline import JobPipeline
+    from bot.store import JobStore
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+PASS_RETRY_S = 5.0  # after a pass that failed (a locked database), the next one comes this much later
 
 
 class CriticalSections:
@@ -62,22 +70,22 @@ class Scheduler:
     def __init__(
         self,
         *,
+        store: JobStore,
+        pipeline: JobPipeline,
         max_concurrent: int,
-        load: Callable[[], Awaitable[tuple[list[Job], list[Job]]]],
-        start: Callable[[Job], Coroutine[Any, Any, None]],
-        on_line_changed: Callable[[list[Job]], Awaitable[None]],
+        clock: Callable[[], datetime] = utcnow,
+        pass_retry_s: float = PASS_RETRY_S,
     ) -> None:
-        """``load`` returns (waiting, at_fal) from the store; ``start`` runs one job to the end."""
+        self.store = store
+        self.pipeline = pipeline
         self.max_concurrent = max_concurrent
-        self._load = load
-        self._start = start
-        self._on_line_changed = on_line_changed
+        self.clock = clock
+        self.pass_retry_s = pass_retry_s
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._closing = False
-        self.critical = CriticalSections()
-        self._held: set[str] = set()
         self._served: dict[int, int] = {}  # member -> sequence number of their latest start (fairness)
         self._starts = 0
 
@@ -89,37 +97,28 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
-    def hold(self, job_id: str) -> bool:
-        """Keep a waiting job from starting (a cancel is being decided); False if it already started."""
-        if job_id in self._tasks:
-            return False
-        self._held.add(job_id)
-        return True
-
-    def release(self, job_id: str) -> None:
-        self._held.discard(job_id)
-        self.wake()
+    def _wake_in(self, delay_s: float) -> None:
+        """One timer for the earliest moment the line must be read again (a job back in line, a failed pass)."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(delay_s, 0.0)
+        if self._timer is not None and not self._timer.cancelled() and self._timer.when() <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self.wake)
 
     def run(self, job: Job) -> None:
         """Own the task that carries ``job`` to its end (used for resumed jobs too)."""
         if self._closing or job.id in self._tasks:
             return
-        task = asyncio.create_task(self._start(job), name=f"fluxpaint-job-{job.id}")
+        task = asyncio.create_task(self.pipeline.run(job), name=f"fluxpaint-job-{job.id}")
         self._tasks[job.id] = task
         task.add_done_callback(functools.partial(self._done, job.id))
-
-    async def stop_job(self, job_id: str) -> None:
-        """Cancel the task of ``job_id`` (after a cancel was decided) and wait until it has let go."""
-        task = self._tasks.get(job_id)
-        if task is None or task is asyncio.current_task():
-            return
-        task.cancel()
-        await asyncio.wait([task])
 
     def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
         self._tasks.pop(job_id, None)
         self._log_failure(task)
-        self.wake()
+        self.wake()  # its slot is free
 
     @staticmethod
     def _log_failure(task: asyncio.Task[None]) -> None:
@@ -130,30 +129,59 @@ class Scheduler:
         while not self._closing:
             await self._wake.wait()
             self._wake.clear()
-            await self.fill()
+            try:
+                await self.fill()
+            except Exception:  # a busy or locked database, a Discord hiccup: the line is read again shortly
+                log.exception("the waiting line could not be read; trying again in %.0f s", self.pass_retry_s)
+                self._wake_in(self.pass_retry_s)
 
     async def fill(self) -> None:
-        waiting, at_fal = await self._load()
+        """One pass: start what fits, tell the rest where they stand."""
+        unfinished = await self.store.list_unfinished()
+        now = self.clock()
+        at_fal = [job for job in unfinished if job.at_fal]
+        ready: list[Job] = []
+        later: list[float] = []
+        refusals: dict[tuple[int | None, int], str | None] = {}  # one look per member, not per job
+        for job in unfinished:
+            if job.state is not JobState.WAITING or job.id in self._tasks:
+                continue
+            member = (job.origin.guild_id, job.origin.user_id)
+            if member not in refusals:
+                refusals[member] = await self.pipeline.refusal(job)
+            if (reason := refusals[member]) is not None:
+                await self.pipeline.show_waiting(job, held=reason)
+            elif job.retry_at is not None and job.retry_at > now:
+                later.append((job.retry_at - now).total_seconds())
+                ready.append(job)  # keeps its place in the line, but does not start yet
+            else:
+                ready.append(job)
         active = Counter(job.origin.user_id for job in at_fal)
-        line = [
-            job
-            for job in fair_order(waiting, active, self._served)
-            if job.id not in self._tasks and job.id not in self._held
-        ]
-        free = self.max_concurrent - len(at_fal) - self._starting(waiting)
-        for job in line[: max(free, 0)]:
-            self._starts += 1
-            self._served[job.origin.user_id] = self._starts
-            self.run(job)
-        await self._on_line_changed(line[max(free, 0) :])
+        line = fair_order(ready, active, self._served)
+        free = self.max_concurrent - len(at_fal) - self._starting(unfinished)
+        waiting: list[Job] = []
+        for job in line:
+            if free > 0 and not (job.retry_at is not None and job.retry_at > now):
+                free -= 1
+                self._starts += 1
+                self._served[job.origin.user_id] = self._starts
+                self.run(job)
+            else:
+                waiting.append(job)
+        for position, job in enumerate(waiting, start=1):
+            await self.pipeline.show_waiting(job, position=position)
+        if later:
+            self._wake_in(min(later))
 
-    def _starting(self, waiting: Iterable[Job]) -> int:
+    def _starting(self, unfinished: Sequence[Job]) -> int:
         # jobs whose task runs but whose row still says waiting hold a slot too
-        return sum(1 for job in waiting if job.id in self._tasks)
+        return sum(1 for job in unfinished if job.state is JobState.WAITING and job.id in self._tasks)
 
-    async def close(self, grace_s: float) -> None:
-        """Stop starting jobs and cancel the job tasks; a submit under way gets ``grace_s`` to be recorded."""
+    async def close(self) -> None:
+        """Stop starting jobs and cancel the job tasks; their rows stay as they are for the next start."""
         self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
         if self._pump is not None:
             self._pump.cancel()
         tasks = list(self._tasks.values())
@@ -161,4 +189,3 @@ class Scheduler:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
-        await self.critical.settle(grace_s)

@@ -18,16 +18,16 @@ import pydantic
 
 from bot.models import FINISHED_STATES, Job, JobState, utcnow
 from bot.store_schema import (
-    AT_FAL_STATES,
     COST_SQL,
     IN_FLIGHT_STATES,
-    JOB_COLUMNS,
+    INSERT_JOB,
     UNCHANGED,
     UNFINISHED_STATES,
-    UPSERT_JOB,
+    UPDATE_JOB,
     AdminLogEntry,
     BudgetChange,
     GuildSettings,
+    StaleJobError,
     UsageRow,
     migrate,
     sql_in,
@@ -49,16 +49,18 @@ def _from_ts(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
 
-def _dump(job: Job) -> str:
+def _dump(job: Job, now: datetime) -> str:
     data = job.model_dump(mode="json")
-    data["origin"]["interaction_token"] = job.origin.interaction_token.get_secret_value()  # dumps as ***** otherwise
+    # The token is kept only while it can still be used: a finished job or an expired token has no use for it.
+    usable = not job.state.finished and now < job.origin.token_expires_at
+    data["origin"]["interaction_token"] = job.origin.interaction_token.get_secret_value() if usable else ""
     return json.dumps(data, separators=(",", ":"))
 
 
-def _row(job: Job) -> tuple[Any, ...]:
+def _fields(job: Job, now: datetime) -> tuple[Any, ...]:
+    """The job's columns after ``id``, in ``JOB_COLUMNS`` order up to ``data``."""
     o = job.origin
     return (
-        job.id,
         job.state.value,
         o.user_id,
         o.guild_id,
@@ -68,7 +70,7 @@ def _row(job: Job) -> tuple[Any, ...]:
         job.request_id,
         job.cost_estimate_usd,
         job.cost_usd,
-        _dump(job),
+        _dump(job, now),
     )
 
 
@@ -136,6 +138,7 @@ class JobStore:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
             await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA secure_delete=ON")  # a blanked token is overwritten, not left in free space
             await db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             await migrate(db)
         except BaseException:
@@ -183,39 +186,71 @@ class JobStore:
 
     # jobs
 
-    async def create(self, job: Job) -> None:
-        """Insert a new job; an existing id is an error (sqlite3.IntegrityError)."""
+    async def create(self, job: Job, *, max_unfinished_per_user: int | None = None) -> bool:
+        """Insert a new job; False (and nothing written) when its member already has ``max_unfinished_per_user``
+        unfinished jobs, those still being checked included. An existing id is an error (sqlite3.IntegrityError)."""
         async with self._transaction() as db:
-            await db.execute(f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(job))
+            if max_unfinished_per_user is not None:
+                sql = f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state IN {sql_in(UNFINISHED_STATES)}"
+                if int(await self._scalar(sql, (job.origin.user_id,))) >= max_unfinished_per_user:
+                    return False
+            job.version = 0
+            await db.execute(INSERT_JOB, (job.id, *_fields(job, self._clock()), job.version))
+        return True
+
+    async def _update(self, db: aiosqlite.Connection, job: Job) -> None:
+        """Write ``job`` over the version it was read at, and bump it.
+
+        Raises:
+            StaleJobError: another writer saved the job meanwhile; nothing was written.
+        """
+        read = job.version
+        job.version = read + 1
+        cursor = await db.execute(UPDATE_JOB, (*_fields(job, self._clock()), job.version, job.id, read))
+        if cursor.rowcount != 1:
+            job.version = read
+            raise StaleJobError(job.id, read)
 
     async def save(self, job: Job) -> Job:
-        """Stamp ``updated_at`` and write the job; it is on disk when this returns. Returns the same object."""
+        """Stamp ``updated_at`` and write the job; it is on disk when this returns. Returns the same object.
+
+        Raises:
+            StaleJobError: the row changed since ``job`` was read (a cancel won the race); re-read it.
+        """
         job.updated_at = self._clock()
         async with self._transaction() as db:
-            await db.execute(UPSERT_JOB, _row(job))
+            await self._update(db, job)
         return job
 
     async def get(self, job_id: str) -> Job | None:
         data = await self._scalar("SELECT data FROM jobs WHERE id = ?", (job_id,))
         return None if data is None else _load(job_id, data)
 
-    async def find_by_request_id(self, request_id: str) -> Job | None:
-        jobs = await self._jobs("request_id = ?", (request_id,))
-        return jobs[0] if jobs else None
-
     async def list_unfinished(self) -> list[Job]:
         """Every job not done, failed or cancelled, oldest first."""
         return await self._jobs(f"state IN {sql_in(UNFINISHED_STATES)}")
 
-    async def list_waiting(self) -> list[Job]:
-        return await self._jobs("state = ?", (JobState.WAITING.value,))
-
     async def count_unfinished(self, user_id: int) -> int:
+        """The member's jobs not done, failed or cancelled, those still being checked included."""
         sql = f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state IN {sql_in(UNFINISHED_STATES)}"
         return int(await self._scalar(sql, (user_id,)))
 
-    async def count_at_fal(self) -> int:
-        return int(await self._scalar(f"SELECT COUNT(*) FROM jobs WHERE state IN {sql_in(AT_FAL_STATES)}"))
+    async def forget_expired_tokens(self) -> int:
+        """Blank the interaction token of every row whose token expired or whose job ended; returns how many."""
+        now = _ts(self._clock())
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE jobs SET data = json_set(data, '$.origin.interaction_token', '') "
+                "WHERE json_extract(data, '$.origin.interaction_token') != '' AND "
+                f"(state IN {sql_in(FINISHED_STATES)} OR "
+                "strftime('%Y-%m-%dT%H:%M:%f', json_extract(data, '$.origin.token_expires_at')) "
+                "<= strftime('%Y-%m-%dT%H:%M:%f', ?))",
+                (now,),
+            )
+            changed = int(cursor.rowcount)
+        if changed:
+            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # old copies of the rows leave the log too
+        return changed
 
     async def prune(self, before: datetime) -> list[str]:
         """Delete finished jobs last changed before ``before``; returns their ids so their files can go too."""
@@ -271,8 +306,8 @@ class JobStore:
             )
             if int(others) >= max_unfinished_per_user:
                 return "user_limit"
-            if user_daily_usd is not None:
-                spent = await self._spend(user_id=user_id, guild_id=None, since=day_start, exclude=job.id)
+            if user_daily_usd is not None:  # the budget of the server that set it counts spend in that server
+                spent = await self._spend(user_id=user_id, guild_id=guild_id, since=day_start, exclude=job.id)
                 if spent + job.cost_estimate_usd > user_daily_usd + USD_EPSILON:
                     return "user_budget"
             if guild_id is not None and guild_monthly_usd is not None:
@@ -282,7 +317,7 @@ class JobStore:
             state, updated_at = job.state, job.updated_at
             job.state, job.updated_at = JobState.WAITING, self._clock()
             try:
-                await db.execute(UPSERT_JOB, _row(job))
+                await self._update(db, job)
             except BaseException:
                 job.state, job.updated_at = state, updated_at
                 raise

@@ -77,17 +77,21 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX admin_log_guild ON admin_log (guild_id, id);
     """,
+    """
+    -- compare-and-set saves: a writer that read version n may only write over version n
+    ALTER TABLE jobs ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 JOB_COLUMNS = (
-    "id, state, user_id, guild_id, channel_id, created_at, updated_at, request_id, cost_estimate_usd, cost_usd, data"
+    "id, state, user_id, guild_id, channel_id, created_at, updated_at, request_id, cost_estimate_usd, cost_usd, "
+    "data, version"
 )
-UPSERT_JOB = (
-    f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (id) DO UPDATE SET state = excluded.state, user_id = excluded.user_id, "
-    "guild_id = excluded.guild_id, channel_id = excluded.channel_id, created_at = excluded.created_at, "
-    "updated_at = excluded.updated_at, request_id = excluded.request_id, "
-    "cost_estimate_usd = excluded.cost_estimate_usd, cost_usd = excluded.cost_usd, data = excluded.data"
+INSERT_JOB = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# Parameters: the row as for INSERT_JOB minus its id and version, then the id and the version the writer read.
+UPDATE_JOB = (
+    "UPDATE jobs SET state = ?, user_id = ?, guild_id = ?, channel_id = ?, created_at = ?, updated_at = ?, "
+    "request_id = ?, cost_estimate_usd = ?, cost_usd = ?, data = ?, version = ? WHERE id = ? AND version = ?"
 )
 
 
@@ -101,6 +105,15 @@ COST_SQL = f"COALESCE(cost_usd, CASE WHEN state IN {sql_in(IN_FLIGHT_STATES)} TH
 
 class StoreError(Exception):
     """The database cannot be used by this version of the bot."""
+
+
+class StaleJobError(Exception):
+    """Another writer saved the job since it was read: re-read it and decide again."""
+
+    def __init__(self, job_id: str, version: int) -> None:
+        super().__init__(f"job {job_id} changed since version {version}")
+        self.job_id = job_id
+        self.version = version
 
 
 class BudgetChange(Enum):

@@ -6,8 +6,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.admin import GuildAdmin
 from bot.app import FluxpaintBot
+from bot.service import JobService
 
 
 def _guild(interaction: discord.Interaction) -> int:
@@ -19,19 +19,19 @@ def _guild(interaction: discord.Interaction) -> int:
 @app_commands.guild_only()
 @app_commands.default_permissions(manage_guild=True)
 class Admin(commands.GroupCog, group_name="fluxpaint", group_description="Run fluxpaint in this server"):
-    def __init__(self, admin: GuildAdmin) -> None:
-        self.admin = admin
+    def __init__(self, service: JobService) -> None:
+        self.service = service
+        self.admin = service.admin
         super().__init__()
 
     async def _answer(self, interaction: discord.Interaction, text: str) -> None:
-        await interaction.response.send_message(text, ephemeral=True)
+        await interaction.followup.send(text, ephemeral=True)
 
     @app_commands.command(description="What each member spent in a period")
     @app_commands.describe(days="How many days back to count (default 30)")
     async def usage(self, interaction: discord.Interaction, days: app_commands.Range[int, 1, 366] = 30) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        text = await self.admin.usage_report(_guild(interaction), days=days)
-        await interaction.followup.send(text, ephemeral=True)
+        await interaction.response.defer(ephemeral=True, thinking=True)  # before any slow work (3 s)
+        await self._answer(interaction, await self.admin.usage_report(_guild(interaction), days=days))
 
     @app_commands.command(description="Set this server's budgets in USD; leave an option out to keep it")
     @app_commands.describe(
@@ -46,6 +46,7 @@ class Admin(commands.GroupCog, group_name="fluxpaint", group_description="Run fl
         server_monthly: app_commands.Range[float, 0.0, 1_000_000.0] | None = None,
         reset: bool = False,
     ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)  # before any slow work (3 s)
         text = await self.admin.set_budgets(
             _guild(interaction),
             by=interaction.user.id,
@@ -57,11 +58,17 @@ class Admin(commands.GroupCog, group_name="fluxpaint", group_description="Run fl
 
     @app_commands.command(description="Stop taking new /inpaint jobs in this server")
     async def pause(self, interaction: discord.Interaction) -> None:
-        await self._answer(interaction, await self.admin.set_paused(_guild(interaction), True, by=interaction.user.id))
+        await interaction.response.defer(ephemeral=True, thinking=True)  # before any slow work (3 s)
+        await self._answer(
+            interaction, await self.service.set_paused(_guild(interaction), True, by=interaction.user.id)
+        )
 
     @app_commands.command(description="Take /inpaint jobs again in this server")
     async def resume(self, interaction: discord.Interaction) -> None:
-        await self._answer(interaction, await self.admin.set_paused(_guild(interaction), False, by=interaction.user.id))
+        await interaction.response.defer(ephemeral=True, thinking=True)  # before any slow work (3 s)
+        await self._answer(
+            interaction, await self.service.set_paused(_guild(interaction), False, by=interaction.user.id)
+        )
 
     @app_commands.command(description="Stop a member from using /inpaint here")
     @app_commands.describe(member="Who to ban", reason="Shown in the admin log")
@@ -71,18 +78,23 @@ class Admin(commands.GroupCog, group_name="fluxpaint", group_description="Run fl
         member: discord.User,
         reason: app_commands.Range[str, 1, 200] | None = None,
     ) -> None:
-        text = await self.admin.ban(_guild(interaction), member.id, by=interaction.user.id, reason=reason)
+        await interaction.response.defer(ephemeral=True, thinking=True)  # before any slow work (3 s)
+        text = await self.service.ban(_guild(interaction), member.id, by=interaction.user.id, reason=reason)
         await self._answer(interaction, text)
 
     @app_commands.command(description="Let a banned member use /inpaint again")
     @app_commands.describe(member="Who to unban")
     async def unban(self, interaction: discord.Interaction, member: discord.User) -> None:
-        await self._answer(interaction, await self.admin.unban(_guild(interaction), member.id, by=interaction.user.id))
+        await interaction.response.defer(ephemeral=True, thinking=True)  # before any slow work (3 s)
+        await self._answer(
+            interaction, await self.service.unban(_guild(interaction), member.id, by=interaction.user.id)
+        )
 
     @app_commands.command(description="Show the limits, budgets and state that apply in this server")
     async def limits(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)  # before any slow work (3 s)
         await self._answer(interaction, await self.admin.limits_text(_guild(interaction)))
 
 
 async def setup(bot: FluxpaintBot) -> None:
-    await bot.add_cog(Admin(bot.service.admin))
+    await bot.add_cog(Admin(bot.service))

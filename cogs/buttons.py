@@ -7,7 +7,7 @@ from typing import Any, Self
 
 import discord
 
-from bot.app import FluxpaintBot
+from bot.app import FluxpaintBot, answer_privately
 from bot.progress import CANCEL_PREFIX
 
 
@@ -28,12 +28,13 @@ class CancelButton(
 
     async def callback(self, interaction: discord.Interaction[FluxpaintBot]) -> None:  # type: ignore[override]
         await interaction.response.defer(ephemeral=True, thinking=True)
+        await answer_privately(interaction, self._cancel(interaction))
+
+    async def _cancel(self, interaction: discord.Interaction[FluxpaintBot]) -> str:
         result = await interaction.client.service.cancel(
-            self.job_id,
-            user_id=interaction.user.id,
-            can_manage=interaction.permissions.manage_messages,
+            self.job_id, user_id=interaction.user.id, can_manage=interaction.permissions.manage_messages
         )
-        await interaction.followup.send(result.message, ephemeral=True)
+        return result.message
 
 
 async def setup(bot: FluxpaintBot) -> None:

@@ -70,14 +70,10 @@ class Inpaint(commands.Cog):
         num_images: app_commands.Range[int, 1, 4] = 1,
         num_inference_steps: app_commands.Range[int, 1, 50] = 28,
         guidance_scale: app_commands.Range[float, 0.0, 35.0] = 3.5,
-        seed: app_commands.Range[int, 0, 2**53] | None = None,
+        seed: app_commands.Range[int, 0, 2**53 - 1] | None = None,
         output_format: Literal["jpeg", "png"] = "jpeg",
         invert_mask: bool = False,
     ) -> None:
-        callback = await interaction.response.defer(thinking=True)  # within the 3 s deadline, before any I/O
-        message_id = callback.message_id if callback is not None else None
-        if message_id is None:
-            message_id = (await interaction.original_response()).id
         options = InpaintOptions(
             prompt=prompt,
             strength=strength,
@@ -88,7 +84,14 @@ class Inpaint(commands.Cog):
             output_format=output_format,
             invert_mask=invert_mask,
         )
-        origin = _origin(interaction, message_id, self.service.settings.ui.token_ttl_s)
+        ttl_s = self.service.settings.ui.token_ttl_s
+        # Refusals that need no download are answered privately (the tree's on_error), before anything is public.
+        await self.service.check(options, _origin(interaction, None, ttl_s))
+        callback = await interaction.response.defer(thinking=True)  # within the 3 s deadline, before any download
+        message_id = callback.message_id if callback is not None else None
+        if message_id is None:
+            message_id = (await interaction.original_response()).id
+        origin = _origin(interaction, message_id, ttl_s)
         await self.service.accept(options, origin, _upload(image), _upload(mask) if mask else None)
 
 

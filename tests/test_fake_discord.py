@@ -384,3 +384,47 @@ async def test_interaction_routes_follow_discord(start: StartFake) -> None:
             assert unknown.status == 404
     assert fake.unknown_routes == [f"GET /api/v10/guilds/{fake.guild_id}/roles"]
     assert fake.errors == []
+
+
+async def test_channel_history_is_newest_first_and_never_shows_a_nonce(start: StartFake) -> None:
+    fake = await start()
+    async with running(fake) as bot:
+        interaction = await run_echo(fake, png())  # the reply and its followup are channel messages too
+        click = await fake.click(shown(interaction).id, f"echo:again:{len(png())}")
+        await fake.wait_for(lambda: click.original() is not None)  # an ephemeral reply: never in the history
+        channel = bot.get_channel(fake.channel_id("general"))
+        assert isinstance(channel, discord.TextChannel)
+        sent = [await channel.send(f"m{n}", nonce=f"n{n}") for n in range(5)]
+
+        latest = [m async for m in channel.history(limit=3)]
+        everything = [m async for m in channel.history(limit=None)]
+        after = [m async for m in channel.history(after=sent[1], oldest_first=True)]
+        before = [m async for m in channel.history(before=sent[3], limit=2)]
+        around = [m async for m in channel.history(around=sent[2], limit=3)]
+
+    assert [m.content for m in latest] == ["m4", "m3", "m2"]
+    assert [m.content for m in everything] == ["m4", "m3", "m2", "m1", "m0", "followup", f"hi: {len(png())} bytes"]
+    assert all(m.nonce is None and m.author.id == int(fake.bot_user["id"]) for m in everything)
+    assert [m.content for m in after] == ["m2", "m3", "m4"]
+    assert [m.content for m in before] == ["m2", "m1"]
+    assert [m.content for m in around] == ["m3", "m2", "m1"]
+    assert fake.refused == [] and fake.unknown_routes == [] and fake.errors == []
+
+
+async def test_channel_history_answers_fifty_messages_by_default(start: StartFake) -> None:
+    fake = await start()
+    cid = fake.channel_id("general")
+    async with raw_bot(fake) as (http, _ws, _frames):
+        auth = {"Authorization": f"Bot {fake.bot_token}"}
+        url = f"{fake.api_base}/channels/{cid}/messages"
+        for n in range(55):
+            async with http.post(url, json={"content": f"m{n}", "nonce": str(n)}, headers=auth) as posted:
+                assert posted.status == 200 and (await posted.json())["nonce"] == str(n)
+        async with http.get(url, headers=auth) as page:
+            history = await page.json()
+        async with http.get(f"{url}?limit=101", headers=auth) as too_many:
+            assert too_many.status == 400 and (await too_many.json())["code"] == 50035
+
+    assert [m["content"] for m in history] == [f"m{n}" for n in range(54, 4, -1)]
+    assert all("nonce" not in m and {"author", "embeds", "attachments", "content"} <= set(m) for m in history)
+    assert [r.query for r in fake.refused] == [{"limit": "101"}]

@@ -241,11 +241,13 @@ async def test_422_becomes_a_readable_rejection_and_creates_no_job(fal_rig: Any)
     with pytest.raises(FalRejectedError) as info:
         await rig.client.submit(payload(strength=1.5, num_images=5))
 
-    assert info.value.message == (
-        "fal rejected the request: strength: Input should be less than or equal to 1; "
-        "num_images: Input should be less than or equal to 4"
+    assert info.value.message == (  # in the order of fal's model (x-fal-order-properties)
+        "fal rejected the request: num_images: Input should be less than or equal to 4; "
+        "strength: Input should be less than or equal to 1"
     )
     assert rig.fake.jobs == {} and rig.sleep.calls == []
+    [refused] = rig.fake.refused
+    assert [d["loc"] for d in refused.detail] == [["body", "num_images"], ["body", "strength"]]
 
 
 async def test_refused_key_is_a_rejection_that_never_shows_the_key(fal_rig: Any) -> None:

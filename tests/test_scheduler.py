@@ -1,11 +1,17 @@
 import asyncio
+import sqlite3
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
+from unittest.mock import create_autospec
 
 import pytest
+from pydantic import SecretStr
 
 from bot.models import InpaintOptions, Job, JobState, Origin
+from bot.pipeline import JobPipeline
 from bot.scheduler import Scheduler, fair_order
+from bot.store import JobStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -17,9 +23,9 @@ def job(user: int, minute: int, state: JobState = JobState.WAITING) -> Job:
         channel_id=2,
         application_id=3,
         interaction_id=minute,
-        interaction_token="tok",
+        interaction_token=SecretStr("tok"),
         token_expires_at=T0 + timedelta(minutes=15),
-    )  # type: ignore[arg-type]
+    )
     return Job(
         origin=origin, options=InpaintOptions(prompt="p"), state=state, created_at=T0 + timedelta(minutes=minute)
     )
@@ -48,52 +54,111 @@ def test_ten_jobs_from_one_member_leave_room_for_others() -> None:
     assert {2, 3} <= {j.origin.user_id for j in first_four}
 
 
-async def test_scheduler_never_exceeds_the_cap() -> None:
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def make_pipeline(*, refusal: str | None = None) -> Any:
+    pipeline = create_autospec(JobPipeline, instance=True)
+    pipeline.refusal.return_value = refusal
+    started = asyncio.Event()
+
+    async def run(j: Job) -> None:
+        started.set()
+        await asyncio.Event().wait()  # stays at fal until the test ends
+
+    pipeline.run.side_effect = run
+    pipeline.started = started
+    return pipeline
+
+
+def make_store(*answers: Any) -> Any:
+    store = create_autospec(JobStore, instance=True)
+    store.list_unfinished.side_effect = list(answers)
+    return store
+
+
+def started_users(pipeline: Any) -> list[int]:
+    return [call.args[0].origin.user_id for call in pipeline.run.call_args_list]
+
+
+async def test_the_cap_holds_and_the_rest_of_the_line_is_told_its_place() -> None:
     waiting = [job(u, m) for m, u in enumerate([1, 1, 1, 2, 3])]
-    at_fal: list[Job] = []
-    started: list[Job] = []
-    release = asyncio.Event()
+    at_fal = [job(9, 50, JobState.RUNNING)]
+    pipeline = make_pipeline()
+    scheduler = Scheduler(store=make_store(waiting + at_fal), pipeline=pipeline, max_concurrent=2, clock=Clock())
 
-    async def load() -> tuple[list[Job], list[Job]]:
-        return [j for j in waiting if j not in started], at_fal
-
-    async def start(j: Job) -> None:
-        started.append(j)
-        at_fal.append(j)
-        await release.wait()
-        at_fal.remove(j)
-
-    lines: list[list[Job]] = []
-
-    async def on_line(line: list[Job]) -> None:
-        lines.append(line)
-
-    scheduler = Scheduler(max_concurrent=2, load=load, start=start, on_line_changed=on_line)
     await scheduler.fill()
-    await asyncio.sleep(0)
+
+    assert started_users(pipeline) == [1]  # one slot is taken by the job already at fal
+    shown = [(c.args[0].origin.user_id, c.kwargs["position"]) for c in pipeline.show_waiting.call_args_list]
+    assert shown == [(2, 1), (3, 2), (1, 3), (1, 4)]
+    await scheduler.close()
+
+
+async def test_a_held_member_is_not_started_and_is_told_why() -> None:
+    pipeline = make_pipeline(refusal="paused")
+    scheduler = Scheduler(store=make_store([job(1, 0)]), pipeline=pipeline, max_concurrent=2, clock=Clock())
+
     await scheduler.fill()
-    assert [j.origin.user_id for j in started] == [1, 2]
-    assert [j.origin.user_id for j in lines[-1]] == [3, 1, 1]
-    release.set()
-    await scheduler.close(grace_s=1)
+
+    pipeline.run.assert_not_called()
+    pipeline.show_waiting.assert_awaited_once()
+    assert pipeline.show_waiting.call_args.kwargs == {"held": "paused"}
+    await scheduler.close()
 
 
-async def test_a_held_job_is_not_started() -> None:
-    waiting = [job(1, 0)]
+async def test_a_job_back_in_line_waits_for_its_retry_time() -> None:
+    clock = Clock()
+    later = job(1, 0)
+    later.retry_at = T0 + timedelta(seconds=30)
+    pipeline = make_pipeline()
+    scheduler = Scheduler(store=make_store([later], [later]), pipeline=pipeline, max_concurrent=2, clock=clock)
 
-    async def load() -> tuple[list[Job], list[Job]]:
-        return waiting, []
-
-    started: list[Job] = []
-
-    async def start(j: Job) -> None:
-        started.append(j)
-
-    async def on_line(line: list[Job]) -> None:
-        return None
-
-    scheduler = Scheduler(max_concurrent=2, load=load, start=start, on_line_changed=on_line)
-    assert scheduler.hold(waiting[0].id)
     await scheduler.fill()
-    assert started == []
-    await scheduler.close(grace_s=1)
+    pipeline.run.assert_not_called()
+    assert pipeline.show_waiting.call_args.kwargs == {"position": 1}
+
+    clock.now = T0 + timedelta(seconds=31)
+    await scheduler.fill()
+    assert started_users(pipeline) == [1]
+    await scheduler.close()
+
+
+async def test_the_line_survives_a_pass_that_fails() -> None:
+    pipeline = make_pipeline()
+    store = make_store(sqlite3.OperationalError("database is locked"), [job(1, 0)])
+    scheduler = Scheduler(store=store, pipeline=pipeline, max_concurrent=2, clock=Clock(), pass_retry_s=0.01)
+
+    scheduler.begin()
+    await asyncio.wait_for(pipeline.started.wait(), 5)
+
+    assert store.list_unfinished.await_count == 2
+    assert started_users(pipeline) == [1]
+    await scheduler.close()
+
+
+async def test_a_periodic_task_survives_a_failing_pass(caplog: pytest.LogCaptureFixture) -> None:
+    from bot.service import repeat
+
+    passes: list[str] = []
+    pauses: list[float] = []
+
+    async def work() -> None:
+        passes.append("pass")
+        if len(passes) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        if len(passes) == 3:
+            raise asyncio.CancelledError  # the owner stops it
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    with pytest.raises(asyncio.CancelledError):
+        await repeat(work, interval_s=3600, retry_s=60, what="pruning", sleep=sleep)
+    assert passes == ["pass"] * 3 and pauses == [60, 3600]
+    assert "pruning failed" in caplog.text

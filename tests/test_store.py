@@ -9,7 +9,7 @@ from pydantic import SecretStr
 
 from bot.models import InpaintOptions, Job, JobState, Origin
 from bot.store import JobStore
-from bot.store_schema import DEFAULT, MIGRATIONS, GuildSettings, StoreError
+from bot.store_schema import DEFAULT, MIGRATIONS, GuildSettings, StaleJobError, StoreError
 
 T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 DAY = T0.replace(hour=0)
@@ -52,6 +52,16 @@ def make_job(
         cost_estimate_usd=estimate,
         cost_usd=cost,
     )
+
+
+async def created(store: JobStore, job: Job) -> Job:
+    await store.create(job)
+    return job
+
+
+def db_text(path: Path) -> str:
+    """Everything SQLite wrote, WAL included, as text: a secret written anywhere shows up here."""
+    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*")).decode("latin-1")
 
 
 @pytest.fixture
@@ -121,7 +131,6 @@ async def test_the_token_is_not_in_reprs(store: JobStore) -> None:
 
 async def test_get_unknown_job_is_none(store: JobStore) -> None:
     assert await store.get("0" * 32) is None
-    assert await store.find_by_request_id("nope") is None
 
 
 async def test_create_refuses_a_duplicate_id(store: JobStore) -> None:
@@ -146,14 +155,58 @@ async def test_save_stamps_updated_at_and_is_visible_to_a_second_connection(
     async with await JobStore.open(db_path) as other:
         seen = await other.get(job.id)
         assert seen is not None and seen.state is JobState.RUNNING and seen.updated_at == clock.now
-        found = await other.find_by_request_id("req-9")
-        assert found is not None and found.id == job.id
+        assert seen.request_id == "req-9" and seen.version == job.version == 1
 
 
-async def test_save_inserts_a_job_that_was_never_created(store: JobStore) -> None:
-    job = make_job(state=JobState.WAITING)
-    await store.save(job)
-    assert [j.id for j in await store.list_waiting()] == [job.id]
+async def test_a_job_that_was_never_created_cannot_be_saved(store: JobStore) -> None:
+    with pytest.raises(StaleJobError):
+        await store.save(make_job(state=JobState.WAITING))
+    assert await store.list_unfinished() == []
+
+
+async def test_a_late_writer_cannot_overwrite_a_newer_state(store: JobStore) -> None:
+    job = make_job(state=JobState.RUNNING)
+    await store.create(job)
+    runner_copy, cancel_copy = await store.get(job.id), await store.get(job.id)
+    assert runner_copy is not None and cancel_copy is not None
+    cancel_copy.state = JobState.CANCELLED
+    await store.save(cancel_copy)
+
+    runner_copy.state = JobState.FETCHED
+    with pytest.raises(StaleJobError):
+        await store.save(runner_copy)
+
+    seen = await store.get(job.id)
+    assert seen is not None and seen.state is JobState.CANCELLED and runner_copy.version == 0
+    seen.state = JobState.FAILED  # a writer that re-read may write
+    await store.save(seen)
+
+
+async def test_create_with_a_cap_counts_jobs_still_being_checked(store: JobStore) -> None:
+    assert await store.create(make_job(state=JobState.ACCEPTED), max_unfinished_per_user=2)
+    assert await store.create(make_job(state=JobState.WAITING), max_unfinished_per_user=2)
+    third = make_job(state=JobState.ACCEPTED)
+    assert not await store.create(third, max_unfinished_per_user=2)
+    assert await store.get(third.id) is None
+    assert await store.create(make_job(user=11), max_unfinished_per_user=2)
+
+
+async def test_tokens_are_forgotten_once_expired_or_finished(store: JobStore, clock: Clock) -> None:
+    live, finished, expired = make_job(state=JobState.RUNNING), make_job(state=JobState.RUNNING), make_job()
+    expired.origin = expired.origin.model_copy(update={"token_expires_at": T0 - timedelta(seconds=1)})
+    for job in (live, finished, expired):
+        await store.create(job)
+    finished.state = JobState.DONE
+    await store.save(finished)
+    tokens = [j.origin.interaction_token.get_secret_value() for j in await store.list_unfinished()]
+    assert tokens == [TOKEN, ""]  # written only where it can still be used
+    assert (await store.get(finished.id)).origin.interaction_token.get_secret_value() == ""  # type: ignore[union-attr]
+
+    clock.now = T0 + timedelta(minutes=16)
+    await store.forget_expired_tokens()
+    assert TOKEN not in db_text(store.path)
+    reloaded = await store.get(live.id)
+    assert reloaded is not None and reloaded.origin.interaction_token.get_secret_value() == ""
 
 
 async def test_list_unfinished_is_oldest_first_and_skips_finished(store: JobStore) -> None:
@@ -167,7 +220,6 @@ async def test_list_unfinished_is_oldest_first_and_skips_finished(store: JobStor
         await store.create(job)
 
     assert [j.id for j in await store.list_unfinished()] == [early.id, middle.id, late.id]
-    assert [j.id for j in await store.list_waiting()] == [late.id]
 
 
 async def test_counts(store: JobStore) -> None:
@@ -184,16 +236,15 @@ async def test_counts(store: JobStore) -> None:
     assert await store.count_unfinished(1) == 2
     assert await store.count_unfinished(2) == 3
     assert await store.count_unfinished(3) == 0
-    assert await store.count_at_fal() == 3
 
 
 async def test_prune_removes_only_old_finished_jobs(store: JobStore, clock: Clock) -> None:
     clock.now = T0 - timedelta(days=40)
-    old_done = await store.save(make_job(state=JobState.DONE))
-    old_failed = await store.save(make_job(state=JobState.FAILED))
-    old_running = await store.save(make_job(state=JobState.RUNNING))
+    old_done = await created(store, make_job(state=JobState.DONE, created_at=clock.now))
+    old_failed = await created(store, make_job(state=JobState.FAILED, created_at=clock.now))
+    old_running = await created(store, make_job(state=JobState.RUNNING, created_at=clock.now))
     clock.now = T0
-    new_done = await store.save(make_job(state=JobState.DONE))
+    new_done = await created(store, make_job(state=JobState.DONE))
 
     pruned = await store.prune(T0 - timedelta(days=30))
 
@@ -283,7 +334,7 @@ async def test_twenty_concurrent_reserves_against_a_budget_for_five(store: JobSt
 
     assert results.count(None) == 5
     assert results.count("user_budget") == 15
-    assert len(await store.list_waiting()) == 5
+    assert len([j for j in await store.list_unfinished() if j.state is JobState.WAITING]) == 5
     assert await store.spend(user_id=10, since=DAY) == pytest.approx(1.0)
     refused = [job for job, result in zip(jobs, results, strict=True) if result is not None]
     assert all(job.state is JobState.ACCEPTED for job in refused)
@@ -482,8 +533,19 @@ async def test_cancelled_writers_leave_the_store_usable(store: JobStore) -> None
     await asyncio.gather(*tasks, return_exceptions=True)
 
     late = make_job(user=11, estimate=0.1)
-    await store.save(late)
+    await store.create(late)
     assert await reserve(store, late) is None
-    waiting = {job.id for job in await store.list_waiting()}
+    waiting = {job.id for job in await store.list_unfinished() if job.state is JobState.WAITING}
     assert late.id in waiting
     assert {job.id for job, task in zip(jobs, tasks, strict=True) if not task.cancelled()} <= waiting
+
+
+async def test_a_member_daily_budget_counts_only_the_spend_in_its_server(store: JobStore) -> None:
+    elsewhere = make_job(guild=2, state=JobState.DONE, cost=0.9)
+    await store.create(elsewhere)
+    here = make_job(guild=1, estimate=0.5)
+    await store.create(here)
+    assert await reserve(store, here, user_daily=1.0) is None  # the $0.90 was spent in another server
+    another = make_job(guild=1, estimate=0.6)
+    await store.create(another)
+    assert await reserve(store, another, user_daily=1.0) == "user_budget"

@@ -339,3 +339,69 @@ async def test_kill_9_while_checking_the_upload_asks_to_run_it_again(make_e2e: M
     await e2e.bot.start()
     reply = await wait_text(e2e, interaction, "please run /inpaint again")
     assert reply.attachments == [] and reply.components == [] and e2e.fal.requests == []
+
+
+# issue 10: the hardened core, seen from the outside
+
+
+async def test_a_job_fal_never_finishes_times_out_and_frees_its_slot(make_e2e: MakeE2E) -> None:
+    e2e = await make_e2e(fake_fal={"hold": True}, fal={"max_concurrent": 1, "job_timeout_s": 3})
+    first = await inpaint(e2e, user="alice")
+    await eventually(e2e, lambda: len(e2e.fal.submits) == 1, "the first submit")
+    second = await inpaint(e2e, user="bob")
+    await wait_text(e2e, second, "in this bot's queue")
+    final = await wait_text(e2e, first, "did not finish this job within 3 seconds")
+    assert "Nothing was charged" in final.content and final.components == []
+    assert [status for _, status in e2e.fal.cancels] == ["CANCELLATION_REQUESTED"]
+    await eventually(e2e, lambda: len(e2e.fal.submits) == 2, "the next member's submit")
+
+
+async def test_a_garbage_result_image_fails_in_seconds(make_e2e: MakeE2E) -> None:
+    e2e = await make_e2e(fake_fal={"hold": True})
+    interaction = await inpaint(e2e)
+    await wait_text(e2e, interaction, "Queued at fal")
+    (request_id,) = e2e.fal.jobs
+    e2e.fal.render_result(request_id)
+    for name in list(e2e.fal.files):
+        e2e.fal.files[name] = (b"\x89PNG\r\n\x1a\n garbage", "image/png")
+    e2e.fal.release()
+    final = await wait_text(e2e, interaction, "fal returned an image that could not be read", timeout=10)
+    assert final.attachments == [] and e2e.fal.result_calls == 1
+
+
+async def test_a_refusal_leaves_no_public_message(make_e2e: MakeE2E) -> None:
+    e2e = await make_e2e(safety={"blocked_terms": ["forbidden"]})
+    interaction = await inpaint(e2e, prompt="something forbidden")
+    await e2e.discord.wait_for(lambda: bool(interaction.callbacks), 20)
+    (callback,) = interaction.callbacks
+    assert callback.type == 4 and "isn't allowed on this server" in callback.data["content"]
+    assert [m for m in e2e.discord.messages_in("general") if not m.ephemeral] == []
+    assert e2e.fal.submits == [] and not any(r.path.startswith("/cdn/") for r in e2e.discord.requests)
+
+
+async def test_a_prompt_with_markdown_shows_as_typed(make_e2e: MakeE2E) -> None:
+    e2e = await make_e2e()
+    interaction = await inpaint(e2e, prompt="## **huge** [click me](https://evil.example) @here")
+    final = await wait_text(e2e, interaction, "Inpainted")
+    description = final.embeds[0]["description"]
+    assert description.startswith(r"\## \*\*huge\*\* \[click me](https://evil.example) @" + "\u200bhere")
+    assert e2e.fal.submits[0]["prompt"] == "## **huge** [click me](https://evil.example) @here"  # fal gets it as typed
+
+
+async def test_kill_9_mid_delivery_posts_once_after_discord_forgot_the_nonce(make_e2e: MakeE2E) -> None:
+    gate = asyncio.Event()
+    e2e = await make_e2e(
+        fake_discord={"upload_gate": gate, "upload_gate_after": 1, "max_request_bytes": 1024 * 1024},
+        fake_fal={"result_noise": True, "positions": [0]},
+        discord={"max_request_bytes": 1024 * 1024},
+    )
+    interaction = await inpaint(e2e, num_images=2, output_format="png")
+    await e2e.discord.wait_for(lambda: e2e.discord.uploads_waiting > 0, 30)
+    await e2e.bot.kill()  # Discord posted the second message; the bot never heard back
+    gate.set()
+    e2e.discord._nonces.clear()  # hours pass: Discord no longer knows the nonce
+    await e2e.bot.start()
+    await eventually(e2e, logged(e2e, "delivered", start=2), "delivery by the second run")
+    posted = result_messages(e2e)
+    assert [len(m.attachments) for m in posted] == [1, 1], posted
+    assert interaction.original() is not None and len(e2e.fal.submits) == 1

@@ -10,6 +10,11 @@ Start it with pytest-aiohttp and point discord.py at it (restored by monkeypatch
 Members act through ``slash``, ``click`` and ``submit_modal``; tests wait with ``wait_for`` and read
 ``requests``, ``messages_in``, ``edits_of`` and ``FakeInteraction.original()``. ``unknown_routes`` lists every
 request the fake could not route, so a test can assert the bot called nothing unexpected.
+
+Every JSON body (and multipart ``payload_json``) and query parameter is checked against Discord's published
+OpenAPI spec, kept to the docs where they are stricter and relaxed where Discord takes what the spec refuses
+(``tests.specs.discord_rules``). A refusal is Discord's 400/50035 with the nested ``errors``, and ``refused`` lists
+those requests, so a test can assert that Discord would have taken everything the bot sent.
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ import struct
 import time
 import warnings
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import BodyPartReader, WSCloseCode, WSMsgType, web
+
+from tests.specs.discord_rules import FormError, OperationSchema, command_problems, operation_schema
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +126,19 @@ class ApiError(Exception):
 
 
 def invalid_form(path: str, message: str, code: str = "BASE_TYPE_INVALID") -> ApiError:
-    """400/50035 with Discord's nested ``errors`` object (``"embeds.0.title"`` -> nested keys)."""
-    errors: dict[str, Any] = {"_errors": [{"code": code, "message": message}]}
-    for key in reversed(path.split(".")):
-        errors = {key: errors}
+    """400/50035 with Discord's nested ``errors`` object (``"embeds.0.title"`` -> nested keys; ``""``: the body)."""
+    where: list[str | int] = [*path.split(".")] if path else []
+    return refusal([(where, code, message)])
+
+
+def refusal(problems: Iterable[FormError]) -> ApiError:
+    """400/50035 "Invalid Form Body", each problem under its path: ``{"embeds": {"0": {"title": {"_errors": …}}}}``."""
+    errors: dict[str, Any] = {}
+    for path, code, message in problems:
+        node = errors
+        for key in path:
+            node = node.setdefault(str(key), {})
+        node.setdefault("_errors", []).append({"code": code, "message": message})
     return ApiError(400, "Invalid Form Body", 50035, errors=errors)
 
 
@@ -304,6 +320,7 @@ class RecordedRequest:
     status: int
     query: dict[str, str] = field(default_factory=dict)
     files: tuple[str, ...] = ()
+    error: dict[str, Any] | None = None  # the error body of a refusal (``errors`` holds Discord's nested problems)
 
 
 @dataclass
@@ -415,35 +432,52 @@ class FakeDiscord:
         self._nonces: dict[tuple[int, str], int] = {}
         self._changed = asyncio.Condition()
         self._cdn_key = secrets.token_bytes(16)
+        self._spec_paths: dict[tuple[str, str], str] = {}  # (method, route) -> its path in the OpenAPI spec
 
     # wiring
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=2 * MAX_REQUEST_BYTES)
+        commands, guild_commands = "/applications/{app}/commands", "/applications/{app}/guilds/{gid}/commands"
+        webhook, webhook_message = "/webhooks/{app}/{token}", "/webhooks/{app}/{token}/messages/{mid}"
+        messages, message = "/channels/{cid}/messages", "/channels/{cid}/messages/{mid}"
+        # the route's path in the OpenAPI spec, whose schemas its requests must pass (operation_schema)
+        spec_paths = {
+            commands: "/applications/{application_id}/commands",
+            guild_commands: "/applications/{application_id}/guilds/{guild_id}/commands",
+            "/interactions/{iid}/{token}/callback": "/interactions/{interaction_id}/{interaction_token}/callback",
+            webhook: "/webhooks/{webhook_id}/{webhook_token}",
+            webhook_message: "/webhooks/{webhook_id}/{webhook_token}/messages/{message_id}",
+            messages: "/channels/{channel_id}/messages",
+            message: "/channels/{channel_id}/messages/{message_id}",
+        }
         routes = [
             ("GET", "/users/@me", self._get_me),
             ("GET", "/oauth2/applications/@me", self._get_application),
             ("GET", "/gateway", self._get_gateway),
             ("GET", "/gateway/bot", self._get_gateway_bot),
-            ("GET", "/applications/{app}/commands", self._get_commands),
-            ("PUT", "/applications/{app}/commands", self._put_commands),
-            ("GET", "/applications/{app}/guilds/{gid}/commands", self._get_commands),
-            ("PUT", "/applications/{app}/guilds/{gid}/commands", self._put_commands),
+            ("GET", commands, self._get_commands),
+            ("PUT", commands, self._put_commands),
+            ("GET", guild_commands, self._get_commands),
+            ("PUT", guild_commands, self._put_commands),
             ("POST", "/interactions/{iid}/{token}/callback", self._callback),
-            ("POST", "/webhooks/{app}/{token}", self._followup),
-            ("GET", "/webhooks/{app}/{token}/messages/{mid}", self._webhook_get),
-            ("PATCH", "/webhooks/{app}/{token}/messages/{mid}", self._webhook_edit),
-            ("DELETE", "/webhooks/{app}/{token}/messages/{mid}", self._webhook_delete),
+            ("POST", webhook, self._followup),
+            ("GET", webhook_message, self._webhook_get),
+            ("PATCH", webhook_message, self._webhook_edit),
+            ("DELETE", webhook_message, self._webhook_delete),
             ("GET", "/channels/{cid}", self._get_channel),
-            ("POST", "/channels/{cid}/messages", self._channel_send),
-            ("GET", "/channels/{cid}/messages/{mid}", self._channel_get),
-            ("PATCH", "/channels/{cid}/messages/{mid}", self._channel_edit),
-            ("DELETE", "/channels/{cid}/messages/{mid}", self._channel_delete),
+            ("GET", messages, self._channel_history),
+            ("POST", messages, self._channel_send),
+            ("GET", message, self._channel_get),
+            ("PATCH", message, self._channel_edit),
+            ("DELETE", message, self._channel_delete),
             ("POST", "/users/@me/channels", self._create_dm),
             ("GET", "/users/{uid}", self._get_user),
         ]
         for method, path, handler in routes:
             app.router.add_route(method, API + path, handler)
+            if path in spec_paths:
+                self._spec_paths[method, API + path] = spec_paths[path]
         app.router.add_get("/cdn/attachments/{aid}/{filename}", self._cdn)
         app.router.add_get("/gateway", self._gateway)
         app.router.add_route("*", "/{tail:.*}", self._unknown)
@@ -475,10 +509,15 @@ class FakeDiscord:
             await self.upload_hold.wait()
             if request.transport is None or request.transport.is_closing():
                 return web.Response(status=499)  # the sender is gone: Discord never acted on it
+        error: dict[str, Any] | None = None
         try:
+            if problems := self._operation(request).query_problems(request.query):
+                raise refusal(problems)
             response = await handler(request)
         except ApiError as err:
-            response = err.response()
+            response, error = err.response(), err.body
+            if err.body.get("code") == 50035:
+                log.warning("fake Discord refused %s %s: %s", request.method, request.path, err.body.get("errors"))
         except Exception as exc:  # a bug in the fake must fail the test, not pass for a Discord outage (5xx retries)
             log.exception("fake Discord failed on %s %s", request.method, request.path)
             self.errors.append(f"{request.method} {request.path}: {exc!r}")
@@ -500,6 +539,7 @@ class FakeDiscord:
                 status=response.status,
                 query=dict(request.query),
                 files=tuple(request.get(BODY_FILES, ())),
+                error=error,
             )
         )
         await self._notify()
@@ -508,6 +548,19 @@ class FakeDiscord:
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
+
+    def _operation(self, request: web.Request) -> OperationSchema:
+        """The spec's rules for this request's route (none for routes the bot subset lacks)."""
+        resource = request.match_info.route.resource
+        path = self._spec_paths.get((request.method, resource.canonical if resource else ""), "")
+        if request.match_info.get("mid") == "@original":
+            path = path.replace("{message_id}", "@original")
+        return operation_schema(request.method, path)
+
+    def _check_body(self, request: web.Request, payload: Any) -> None:
+        """Raises: ApiError 400/50035 with every problem Discord would report for this body."""
+        if problems := self._operation(request).body_problems(payload):
+            raise refusal(problems)
 
     # what tests use
 
@@ -528,6 +581,11 @@ class FakeDiscord:
     @property
     def rate_limited(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.status == 429]
+
+    @property
+    def refused(self) -> list[RecordedRequest]:
+        """Requests answered 400/50035 "Invalid Form Body": what real Discord would refuse. ``r.error`` says why."""
+        return [r for r in self.requests if r.status == 400 and (r.error or {}).get("code") == 50035]
 
     def channel_id(self, channel: str | int) -> int:
         """A channel's id from its name; ``"@alice"`` is the bot's DM channel with alice, once it exists."""
@@ -900,13 +958,13 @@ class FakeDiscord:
     async def _put_commands(self, request: web.Request) -> web.Response:
         scope = self._command_scope(request)
         body, _ = await self._read_body(request)
-        if not isinstance(body, list) or len(body) > 100:
-            raise invalid_form("_", "Must be a list of at most 100 commands.")
+        body = body or []  # null clears them, as the spec allows
+        if problems := command_problems(body):
+            raise refusal(problems)
         old = {c["name"]: c for c in self.commands.get(scope, [])}
         stored = []
-        for index, command in enumerate(body):
-            self._validate_command(index, command)
-            entry = {**command, "type": command.get("type", 1), "application_id": str(self.application_id)}
+        for command in body:
+            entry = {**command, "type": command.get("type") or 1, "application_id": str(self.application_id)}
             entry["id"] = old.get(command["name"], {}).get("id", str(self._new_id()))
             entry["version"] = str(self._new_id())
             perms = command.get("default_member_permissions")
@@ -918,21 +976,6 @@ class FakeDiscord:
         self.command_syncs.append((scope, stored))
         return json_response(stored)
 
-    @staticmethod
-    def _validate_command(index: int, command: dict[str, Any]) -> None:
-        if not re.fullmatch(r"[-_\w]{1,32}", command.get("name", "")) or command["name"] != command["name"].lower():
-            raise invalid_form(f"{index}.name", "Command name is invalid", "APPLICATION_COMMAND_INVALID_NAME")
-        if command.get("type", 1) == 1 and not 1 <= len(command.get("description", "")) <= 100:
-            raise invalid_form(f"{index}.description", "Must be between 1 and 100 in length.")
-        options = command.get("options", [])
-        if len(options) > 25:
-            raise invalid_form(f"{index}.options", "Must be 25 or fewer in length.")
-        for n, option in enumerate(options):
-            if not 1 <= len(option.get("description", "")) <= 100:
-                raise invalid_form(f"{index}.options.{n}.description", "Must be between 1 and 100 in length.")
-            if len(option.get("choices") or []) > 25:
-                raise invalid_form(f"{index}.options.{n}.choices", "Must be 25 or fewer in length.")
-
     # REST: interactions and their webhooks
 
     async def _callback(self, request: web.Request) -> web.Response:
@@ -941,10 +984,12 @@ class FakeDiscord:
             raise ApiError(404, "Unknown interaction", 10062)
         if interaction.token != request.match_info["token"]:
             raise ApiError(401, "Invalid Webhook Token", 50027)
-        payload, uploads = await self._read_body(request)
-        callback = Callback(type=payload.get("type", 0), time=self.clock(), data=payload.get("data") or {})
+        payload, uploads = await self._read_body(request, check=False)
+        sent = payload if isinstance(payload, dict) else {}
+        callback = Callback(type=sent.get("type", 0), time=self.clock(), data=sent.get("data") or {})
         interaction.callbacks.append(callback)
         try:
+            self._check_body(request, payload)
             if interaction.acknowledged:
                 raise ApiError(400, "Interaction has already been acknowledged.", 40060)
             if callback.time - interaction.created_at > self.first_response_deadline_s:
@@ -1077,6 +1122,31 @@ class FakeDiscord:
             self._nonces[cid, str(nonce)] = message.id
         return json_response(message.to_dict())
 
+    async def _channel_history(self, request: web.Request) -> web.Response:
+        """Up to ``limit`` (default 50) messages, newest first: the latest, or those just ``before``, just ``after``
+        or ``around`` (that one included) a message id. Ephemeral messages are never in a channel's history."""
+        cid = self._bot_channel(request)
+        if not self.permissions("fluxpaint", cid) & READ_MESSAGE_HISTORY:
+            return json_response([])  # Discord answers an empty list without the permission
+        query = request.query
+        anchors = [key for key in ("around", "before", "after") if key in query]
+        if len(anchors) > 1:
+            raise invalid_form(anchors[1], "Only one of around, before and after may be given.")
+        limit = int(query.get("limit", 50))
+        shown = [m for m in self.messages_in(cid) if not m.ephemeral]  # oldest first
+        if not anchors:
+            page = shown[-limit:]
+        elif anchors[0] == "before":
+            page = [m for m in shown if m.id < int(query["before"])][-limit:]
+        elif anchors[0] == "after":
+            page = [m for m in shown if m.id > int(query["after"])][:limit]
+        else:
+            pivot, older_count = int(query["around"]), limit // 2
+            older = [m for m in shown if m.id < pivot][-older_count:] if older_count else []
+            page = older + [m for m in shown if m.id >= pivot][: limit - older_count]
+        # history never shows a message's nonce; only the answer to the create did
+        return json_response([{k: v for k, v in m.to_dict().items() if k != "nonce"} for m in reversed(page)])
+
     async def _channel_get(self, request: web.Request) -> web.Response:
         return json_response(self._bot_message(request).to_dict())
 
@@ -1137,8 +1207,11 @@ class FakeDiscord:
 
     # messages: Discord's rules
 
-    async def _read_body(self, request: web.Request) -> tuple[Any, dict[int, Upload]]:
-        """JSON body or multipart (``payload_json`` + ``files[n]``); records the JSON part on the request."""
+    async def _read_body(self, request: web.Request, *, check: bool = True) -> tuple[Any, dict[int, Upload]]:
+        """JSON body or multipart (``payload_json`` + ``files[n]``); records the JSON part on the request and, with
+        ``check``, refuses it as Discord does when it breaks the route's schema.
+
+        Raises: ApiError 400/50035 for a body the spec refuses."""
         payload: Any = {}
         uploads: dict[int, Upload] = {}
         if request.content_type.startswith("multipart/"):
@@ -1157,6 +1230,8 @@ class FakeDiscord:
             payload = _parse_json(await request.read())
         request[BODY_JSON] = payload
         request[BODY_FILES] = [u.filename for _, u in sorted(uploads.items())]
+        if check:
+            self._check_body(request, payload)
         return payload, uploads
 
     def _new_message(self, channel_id: int, *, interaction: FakeInteraction | None, flags: int = 0) -> FakeMessage:

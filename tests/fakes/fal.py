@@ -11,6 +11,11 @@ job moves only through ``advance(request_id)``/``complete(request_id)``. While `
 ``asyncio.Event`` no job moves on its own (``release()`` sets it). Faults are counted per fake, so they are
 deterministic; ``status_5xx_rate`` draws from a ``random.Random(seed)``.
 
+Submits are checked against fal's published input schema of the endpoint (``tests.specs.fal_rules``) and refused
+as fal does, 422 with pydantic's ``detail`` list; ``refused`` keeps them, so a test can assert that fal would have
+taken every body. It is stricter than fal's lax pydantic in one way only: numbers and booleans sent as strings are
+refused.
+
 In tests::
 
     fake = await start_fake_fal(aiohttp_server, positions=[2, 1, 0])
@@ -41,7 +46,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tests.specs.fal_rules import input_schema
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +55,11 @@ PROXY_BASE = "https://queue.fal.run"
 PROXY_APP = "fal-ai/flux-pro"  # kkiai's documented example answers a flux-lora submit with another app's URLs
 
 
-class _FalInput(BaseModel):
-    """fal's input schema for fal-ai/flux-lora/inpainting (reference section 3.1); unknown fields are ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    prompt: str
-    image_url: str
-    mask_url: str
-    strength: float = Field(0.85, ge=0.01, le=1)
-    num_inference_steps: int = Field(28, ge=1, le=50)
-    guidance_scale: float = Field(3.5, ge=0, le=35)
-    num_images: int = Field(1, ge=1, le=4)
-    seed: int | None = None
-    enable_safety_checker: bool = True
-    output_format: Literal["jpeg", "png"] = "jpeg"
-    loras: list[dict[str, Any]] = Field(default_factory=list)
+@dataclass(frozen=True)
+class RefusedSubmit:
+    endpoint: str
+    body: Any
+    detail: list[dict[str, Any]]
 
 
 @dataclass
@@ -198,6 +193,8 @@ class FakeFal:
         self.base_url: str | None = None
 
         self.submits: list[Any] = []  # every submit body received, accepted or not
+        self.submit_headers: list[dict[str, str]] = []  # the headers of each of those submits
+        self.refused: list[RefusedSubmit] = []  # bodies fal's input schema refuses (422): a test asserts none
         self.status_calls = 0
         self.stream_calls = 0
         self.result_calls = 0
@@ -340,21 +337,21 @@ class FakeFal:
         except ValueError:
             return _json({"detail": "Invalid JSON body"}, 400)
         self.submits.append(body)
+        self.submit_headers.append(dict(request.headers))
         if self.submit_5xx_count > 0:
             self.submit_5xx_count -= 1
             return _json({"detail": "no runner available"}, self.submit_5xx_status)
-        try:
-            fal_input = _FalInput.model_validate(body)
-        except ValidationError as exc:
-            detail = [
-                {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
-                for e in exc.errors(include_url=False, include_input=False)
-            ]
-            return _json({"detail": detail}, 422)
         owner, app = request.match_info["owner"], request.match_info["app"]
-        path = request.match_info.get("path", "")
-        job = self._new_job(f"{owner}/{app}", f"{owner}/{app}/{path}".rstrip("/"), body)
-        job.input_size, job.load_error = await asyncio.to_thread(self._input_size, fal_input)
+        endpoint = f"{owner}/{app}/{request.match_info.get('path', '')}".rstrip("/")
+        schema = input_schema(endpoint)
+        if schema is None:  # a schema in INPUT_SCHEMAS first: no body goes unchecked
+            return _json({"detail": f"{endpoint} is not an endpoint this fake serves"}, 404)
+        if detail := schema.problems(body):
+            self.refused.append(RefusedSubmit(endpoint, body, detail))
+            log.warning("fake fal refused a submit to %s: %s", endpoint, detail)
+            return _json({"detail": detail}, 422)
+        job = self._new_job(f"{owner}/{app}", endpoint, body)
+        job.input_size, job.load_error = await asyncio.to_thread(self._input_size, body, schema.file_inputs)
         if job.load_error is not None:  # the runner fails; the 422 detail comes with the result
             job.script[-1] = {**job.script[-1], "error": "Invalid status code: 422"}
         if self.hang_submit:
@@ -378,11 +375,13 @@ class FakeFal:
         self.jobs[request_id] = job
         return job
 
-    def _input_size(self, fal_input: _FalInput) -> tuple[tuple[int, int] | None, str | None]:
-        """The input image's size, or why fal's runner could not load the image or the mask."""
+    def _input_size(
+        self, body: dict[str, Any], file_inputs: Iterable[str]
+    ) -> tuple[tuple[int, int] | None, str | None]:
+        """The input image's size, or which file field (``image_url``, ``mask_url``) fal's runner could not load."""
         size = None
-        for name in ("image_url", "mask_url"):
-            data = self._load(getattr(fal_input, name))
+        for name in (n for n in file_inputs if n in body):
+            data = self._load(body[name])
             if data is None:
                 return None, name
             try:
@@ -584,6 +583,7 @@ class FakeFal:
     def state(self) -> dict[str, Any]:
         return {
             "submits": len(self.submits),
+            "refused": [r.detail for r in self.refused],
             "status_calls": self.status_calls,
             "stream_calls": self.stream_calls,
             "result_calls": self.result_calls,

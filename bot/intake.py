@@ -1,0 +1,228 @@
+"""What a job must pass before it enters the line: access, admin holds, options, caps, budgets and its inputs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+
+from bot import images
+from bot.admin import GuildAdmin
+from bot.config import Settings
+from bot.downloads import DownloadError, fetch
+from bot.errors import InputError, RefusedError
+from bot.files import JobFiles
+from bot.models import InpaintOptions, Job, Origin, Upload, utcnow
+from bot.progress import usd
+from bot.store import JobStore
+
+log = logging.getLogger(__name__)
+
+MASK_FILE = "mask.png"
+
+
+def day_start(now: datetime) -> datetime:
+    return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def month_start(now: datetime) -> datetime:
+    return day_start(now).replace(day=1)
+
+
+def next_day(now: datetime) -> datetime:
+    return day_start(now) + timedelta(days=1)
+
+
+def next_month(now: datetime) -> datetime:
+    start = month_start(now)
+    return (start + timedelta(days=32)).replace(day=1)
+
+
+def input_file(job: Job) -> str:
+    return "input.png" if job.input_mime == "image/png" else "input.jpg"
+
+
+def result_file(job: Job, index: int) -> str:
+    ext = "png" if job.options.output_format == "png" else "jpg"
+    return f"result-{index + 1}.{ext}"
+
+
+def estimate_cost(price_per_megapixel: float, width: int, height: int, num_images: int) -> float:
+    return round(price_per_megapixel * width * height / 1_000_000 * num_images, 6)
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MB"
+
+
+class Intake:
+    """Checks that need no download come first (``check``), so a refusal costs nothing and can stay private."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: JobStore,
+        admin: GuildAdmin,
+        files: JobFiles,
+        session: aiohttp.ClientSession,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.admin = admin
+        self.files = files
+        self.session = session
+        self.clock = clock
+        # downloads and decodes at once: each holds up to max_input_bytes plus the decoded pixels
+        self._prepare_slots = asyncio.Semaphore(settings.limits.max_parallel_prepare)
+
+    # checks without a download
+
+    async def check(self, options: InpaintOptions, origin: Origin) -> InpaintOptions:
+        """The options as they will run, or why the member may not run them now.
+
+        Raises:
+            RefusedError: access, a ban or pause, the per-member cap, a blocked term or a spent budget.
+            InputError: an option past this server's limits, or a blank prompt.
+        """
+        self._check_access(origin)
+        await self.admin.check(origin.guild_id, origin.user_id)
+        options = self._effective_options(options, origin)
+        cap = self.settings.limits.max_jobs_per_user
+        if await self.store.count_unfinished(origin.user_id) >= cap:
+            raise RefusedError(self.cap_text())
+        user_daily, guild_monthly = await self.budgets(origin)
+        now = self.clock()
+        if user_daily is not None:
+            spent = await self.store.spend(user_id=origin.user_id, guild_id=origin.guild_id, since=day_start(now))
+            if spent >= user_daily:
+                raise RefusedError(
+                    f"You have used your daily budget of {usd(user_daily)} here. "
+                    f"It resets <t:{int(next_day(now).timestamp())}:R>."
+                )
+        if origin.guild_id is not None and guild_monthly is not None:
+            spent = await self.store.spend(guild_id=origin.guild_id, since=month_start(now))
+            if spent >= guild_monthly:
+                raise RefusedError(
+                    f"This server has used its monthly budget of {usd(guild_monthly)}. "
+                    f"It resets <t:{int(next_month(now).timestamp())}:R>."
+                )
+        return options
+
+    def cap_text(self) -> str:
+        return (
+            f"You already have {self.settings.limits.max_jobs_per_user} unfinished jobs; "
+            "wait for one to finish or cancel one."
+        )
+
+    def _check_access(self, origin: Origin) -> None:
+        access = self.settings.access
+        if access.guild_ids and origin.guild_id not in access.guild_ids:
+            raise RefusedError("This bot isn't enabled in this server.")
+        if access.channel_ids and origin.channel_id not in access.channel_ids:
+            where = ", ".join(f"<#{cid}>" for cid in access.channel_ids)
+            raise RefusedError(f"/inpaint can be used in {where}.")
+        if access.role_ids and not set(access.role_ids) & set(origin.role_ids):
+            roles = ", ".join(f"<@&{rid}>" for rid in access.role_ids)
+            raise RefusedError(f"/inpaint is limited to members with one of these roles: {roles}.")
+
+    def _effective_options(self, options: InpaintOptions, origin: Origin) -> InpaintOptions:
+        limits, safety = self.settings.limits, self.settings.safety
+        if not options.prompt.strip():
+            raise InputError("The prompt is empty; describe what should appear in the masked area.")
+        if len(options.prompt) > limits.max_prompt_chars:
+            raise InputError(
+                f"The prompt is {len(options.prompt)} characters; the limit here is {limits.max_prompt_chars}."
+            )
+        if options.num_images > limits.max_num_images:
+            raise InputError(f"num_images is {options.num_images}; this server allows at most {limits.max_num_images}.")
+        if options.num_inference_steps > limits.max_num_inference_steps:
+            raise InputError(
+                f"num_inference_steps is {options.num_inference_steps}; "
+                f"this server allows at most {limits.max_num_inference_steps}."
+            )
+        lowered = options.prompt.casefold()
+        if any(term.casefold() in lowered for term in safety.blocked_terms if term):
+            raise RefusedError("The prompt contains a term that isn't allowed on this server.")
+        checker_off = origin.channel_nsfw and safety.allow_nsfw_in_age_restricted
+        return options.model_copy(update={"prompt": options.prompt.strip(), "enable_safety_checker": not checker_off})
+
+    async def budgets(self, origin: Origin) -> tuple[float | None, float | None]:
+        """(member daily, server monthly) in force for this member; exempt roles have none."""
+        if set(self.settings.budgets.exempt_role_ids) & set(origin.role_ids):
+            return None, None
+        return await self.admin.budgets(origin.guild_id)
+
+    async def refusal_text(self, reason: str, job: Job, user_daily: float | None, guild_monthly: float | None) -> str:
+        """The member-facing text for a reason ``JobStore.reserve`` gave."""
+        now = self.clock()
+        if reason == "user_limit":
+            return self.cap_text()
+        if reason == "user_budget" and user_daily is not None:
+            spent = await self.store.spend(
+                user_id=job.origin.user_id, guild_id=job.origin.guild_id, since=day_start(now)
+            )
+            left = max(user_daily - spent, 0.0)
+            resets = int(next_day(now).timestamp())
+            return (
+                f"This job would cost about {usd(job.cost_estimate_usd)}, but you have {usd(left)} left of your "
+                f"daily {usd(user_daily)}. Your budget resets <t:{resets}:R>."
+            )
+        if reason == "guild_budget" and guild_monthly is not None:
+            spent = await self.store.spend(guild_id=job.origin.guild_id, since=month_start(now))
+            left = max(guild_monthly - spent, 0.0)
+            resets = int(next_month(now).timestamp())
+            return (
+                f"This job would cost about {usd(job.cost_estimate_usd)}, but this server has {usd(left)} left of its "
+                f"monthly {usd(guild_monthly)}. The budget resets <t:{resets}:R>."
+            )
+        return "The job was refused by this server's limits."
+
+    # the inputs
+
+    async def _download(self, upload: Upload, what: str) -> bytes:
+        limits = self.settings.limits
+        if upload.size > limits.max_input_bytes:
+            raise InputError(f"The {what} is {_mb(upload.size)}; the limit is {_mb(limits.max_input_bytes)}.")
+        try:
+            return await fetch(
+                self.session,
+                upload.url,
+                allowed_hosts=self.settings.discord.attachment_hosts,
+                max_bytes=limits.max_input_bytes,
+                timeout_s=limits.download_timeout_s,
+                what=what,
+            )
+        except DownloadError as exc:
+            raise InputError(exc.message) from exc
+
+    async def prepare(self, job: Job, image: Upload, mask: Upload | None) -> None:
+        """Download, decode and store the inputs; fills the job's sizes, notes and estimate (not saved here).
+
+        Raises:
+            InputError: an input that cannot be used, with what is wrong with it.
+        """
+        limits = self.settings.limits
+        for upload, what in ((image, "image"), (mask, "mask")):
+            if upload is not None and upload.size > limits.max_input_bytes:  # before waiting for a slot
+                raise InputError(f"The {what} is {_mb(upload.size)}; the limit is {_mb(limits.max_input_bytes)}.")
+        async with self._prepare_slots:
+            image_bytes = await self._download(image, "image")
+            mask_bytes = await self._download(mask, "mask") if mask is not None else None
+            prepared = await asyncio.to_thread(
+                images.prepare, image_bytes, mask_bytes, invert=job.options.invert_mask, limits=limits
+            )
+            del image_bytes, mask_bytes
+        job.input_mime = prepared.image_mime
+        await asyncio.to_thread(self.files.write, job.id, input_file(job), prepared.image)
+        await asyncio.to_thread(self.files.write, job.id, MASK_FILE, prepared.mask)
+        job.width, job.height = prepared.width, prepared.height
+        job.sent_width, job.sent_height = prepared.sent_width, prepared.sent_height
+        job.notes = list(prepared.notes)
+        job.cost_estimate_usd = estimate_cost(
+            self.settings.fal.price_per_megapixel, prepared.sent_width, prepared.sent_height, job.options.num_images
+        )

@@ -1,0 +1,465 @@
+"""One job's whole path, top to bottom: accept, submit, watch, fetch, deliver, cancel. Every path ends in a final
+state, or (at shutdown) leaves a row that the next start resumes; each state is saved before its side effect."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import weakref
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+import aiohttp
+
+from bot import images
+from bot.admin import GuildAdmin
+from bot.config import Settings
+from bot.downloads import fetch
+from bot.errors import RefusedError, UserFacingError, user_message
+from bot.fal import FalQueueClient
+from bot.fal_models import FalError, FalHandle, FalJobError, InpaintInput, fal_input
+from bot.files import JobFiles
+from bot.intake import MASK_FILE, Intake, day_start, input_file, month_start, result_file
+from bot.models import InpaintOptions, Job, JobState, Origin, Upload, utcnow
+from bot.policy import Action, Step, decide
+from bot.progress import JobNotifier, ResultFile, ResultPart, progress_reply, result_reply
+from bot.scheduler import CriticalSections
+from bot.store import JobStore
+from bot.store_schema import StaleJobError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SUBMIT_UNKNOWN = (
+    "fal did not answer when the job was sent, so it may still run and be billed. "
+    "It was not sent again; check back or run /inpaint again."
+)
+RESTARTED_WHILE_CHECKING = "The bot restarted while checking your upload; please run /inpaint again."
+
+
+class _Stop(Exception):
+    """A step failed in a way ``bot.policy`` says ends the job."""
+
+    def __init__(self, action: Action, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.action = action
+        self.cause = cause
+
+
+class JobPipeline:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: JobStore,
+        files: JobFiles,
+        fal: FalQueueClient,
+        session: aiohttp.ClientSession,
+        notifier: JobNotifier,
+        admin: GuildAdmin,
+        clock: Callable[[], datetime] = utcnow,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.files = files
+        self.fal = fal
+        self.session = session
+        self.notifier = notifier
+        self.admin = admin
+        self.clock = clock
+        self.sleep = sleep
+        self.intake = Intake(settings=settings, store=store, admin=admin, files=files, session=session, clock=clock)
+        self.critical = CriticalSections()
+        self._watches: dict[str, asyncio.Task[Job]] = {}
+        self._cancel_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    # 1. accept: everything is checked before the job enters the line
+
+    async def accept(self, options: InpaintOptions, origin: Origin, image: Upload, mask: Upload | None) -> Job:
+        """Validate everything, store the inputs and put the job in the waiting line (state WAITING).
+
+        Raises:
+            UserFacingError: the job was refused; nothing was submitted and nothing is charged.
+        """
+        options = await self.intake.check(options, origin)  # again: things may have changed since the cog asked
+        job = Job(origin=origin, options=options)
+        if not await self.store.create(job, max_unfinished_per_user=self.settings.limits.max_jobs_per_user):
+            raise RefusedError(self.intake.cap_text())
+        log.info("job=%s guild=%s user=%s accepted", job.id, origin.guild_id, origin.user_id)
+        if self.settings.logging.log_prompts:
+            log.info("job=%s prompt=%r", job.id, options.prompt)
+        try:
+            await self.intake.prepare(job, image, mask)
+            user_daily, guild_monthly = await self.intake.budgets(origin)
+            now = self.clock()
+            reason = await self.store.reserve(
+                job,
+                user_daily_usd=user_daily,
+                guild_monthly_usd=guild_monthly,
+                day_start=day_start(now),
+                month_start=month_start(now),
+                max_unfinished_per_user=self.settings.limits.max_jobs_per_user,
+            )
+            if reason is not None:
+                raise RefusedError(await self.intake.refusal_text(reason, job, user_daily, guild_monthly))
+        except Exception as exc:  # refused or broken: the row ends FAILED and the inputs go
+            if not isinstance(exc, UserFacingError):
+                log.error("job=%s could not be accepted", job.id, exc_info=exc)
+            job.error = user_message(exc)
+            job.state = JobState.FAILED
+            await self.store.save(job)
+            await asyncio.to_thread(self.files.remove, job.id)
+            log.info("job=%s refused: %s", job.id, job.error)
+            raise
+        return job
+
+    async def fail_interrupted_intake(self, job: Job) -> None:
+        """A job that was being checked when the process died: its uploads' links may be gone, so it ends."""
+        await self._fail(job, RESTARTED_WHILE_CHECKING, billed=False)
+
+    # 2. run: from the waiting line to the delivered result
+
+    async def run(self, job: Job) -> None:
+        """Carry ``job`` from the state it is in to a final one; a job held or turned away stays WAITING."""
+        try:
+            while not job.state.finished:
+                match job.state:
+                    case JobState.WAITING:
+                        job = await self.critical.run(self._submit(job))
+                        if job.state is JobState.WAITING:
+                            return  # held by an admin, or fal turned it away: the line takes it again later
+                    case JobState.SUBMITTING:
+                        # Only a crash between "submitting" and "queued" leaves this state: the submit may be paid.
+                        job = await self._fail(job, SUBMIT_UNKNOWN, billed=True)
+                    case JobState.QUEUED | JobState.RUNNING:
+                        job = await self._follow(job)
+                    case JobState.FETCHED | JobState.DELIVERING:
+                        job = await self._deliver(job)
+                    case _:
+                        raise RuntimeError(f"job in state {job.state} given to the pipeline")
+        except StaleJobError:
+            log.info("job=%s was changed by another writer (a cancel); its runner stops", job.id)
+        except _Stop as stop:
+            if not isinstance(stop.cause, UserFacingError):
+                log.error("job=%s failed on our side", job.id, exc_info=stop.cause)
+            unknown = stop.action is Action.FAIL_UNKNOWN
+            await self._fail_with(
+                job,
+                stop.cause,
+                billed=unknown or job.request_id is not None,
+                message=SUBMIT_UNKNOWN if unknown else None,
+            )
+        except Exception as exc:  # the last line: nothing leaves a job in a live state
+            if not isinstance(exc, UserFacingError):
+                log.exception("job=%s failed on our side", job.id)
+            await self._fail_with(job, exc, billed=job.request_id is not None)
+
+    async def _submit(self, job: Job) -> Job:
+        if (reason := await self.admin.job_refusal(job)) is not None:
+            log.info("job=%s held back: %s", job.id, reason)
+            return job  # still waiting; the line leaves it out until the hold ends
+        try:
+            payload = await self._payload(job)
+            job = await self._save(job, JobState.SUBMITTING)  # from here on, a crash means "maybe paid"
+            await self._show(job)
+            handle, status = await self.fal.submit(payload)
+        except StaleJobError:
+            raise
+        except Exception as exc:
+            action = decide(Step.SUBMIT, exc)
+            if action is Action.REQUEUE:
+                return await self._requeue(job, exc)
+            raise _Stop(action, exc) from exc
+        job.request_id = handle.request_id
+        job.status_url, job.response_url, job.cancel_url = handle.status_url, handle.response_url, handle.cancel_url
+        job.queue_position = status.queue_position
+        job.submitted_at = self.clock()
+        job.retry_at = None
+        job = await self._save(job, JobState.RUNNING if status.status == "IN_PROGRESS" else JobState.QUEUED)
+        log.info(
+            "job=%s guild=%s user=%s submitted request=%s",
+            job.id,
+            job.origin.guild_id,
+            job.origin.user_id,
+            job.request_id,
+        )
+        await self._show(job)
+        return job
+
+    async def _requeue(self, job: Job, exc: BaseException) -> Job:
+        """fal did not take the job (nothing was sent): back in line for a later try, within the job's deadline."""
+        if (self.clock() - job.created_at).total_seconds() > self.settings.fal.job_timeout_s:
+            raise _Stop(Action.FAIL, exc) from exc
+        log.warning("job=%s fal did not take it (%s); back in line", job.id, exc)
+        job.retry_at = self.clock() + timedelta(seconds=self.settings.fal.retry_pause_s)
+        job = await self._save(job, JobState.WAITING)
+        await self._show(job)
+        return job
+
+    async def _payload(self, job: Job) -> InpaintInput:
+        image = await asyncio.to_thread(self.files.read, job.id, input_file(job))
+        mask = await asyncio.to_thread(self.files.read, job.id, MASK_FILE)
+        if self.settings.fal.upload_inputs:
+            image_url, mask_url = job.image_url, job.mask_url
+            if image_url is None or mask_url is None:  # uploaded once; a resumed job reuses the fal URLs
+                image_url = await self.fal.upload(image, job.input_mime, input_file(job))
+                mask_url = await self.fal.upload(mask, "image/png", MASK_FILE)
+                job.image_url, job.mask_url = image_url, mask_url
+                job = await self._save(job)
+        else:
+            # base64 of megabytes: off the event loop, like every other byte-crunching step
+            image_url = await asyncio.to_thread(images.data_uri, image, job.input_mime)
+            mask_url = await asyncio.to_thread(images.data_uri, mask, "image/png")
+        return fal_input(job.options, image_url, mask_url)
+
+    async def _follow(self, job: Job) -> Job:
+        """Watch fal until COMPLETED, within the job's deadline, then fetch the result (FETCHED)."""
+        handle = self.handle(job)
+        deadline = (job.submitted_at or job.created_at) + timedelta(seconds=self.settings.fal.job_timeout_s)
+        watch = asyncio.create_task(self._watch(job, handle), name=f"fluxpaint-watch-{job.id}")
+        self._watches[job.id] = watch
+        try:
+            async with asyncio.timeout(max((deadline - self.clock()).total_seconds(), 0.0)) as scope:
+                await watch
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            return await self._time_out(await self._reread(job), handle)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # shutdown: the row stays as it is and the next start watches again
+            # a cancel stopped the watch: once it has decided, the job is either ended or followed again
+            if (lock := self._cancel_locks.get(job.id)) is not None:
+                async with lock:
+                    pass
+            return await self._reread(job)
+        finally:
+            self._watches.pop(job.id, None)
+        return await self._fetch(job, handle)
+
+    async def _watch(self, job: Job, handle: FalHandle) -> Job:
+        while True:
+            try:
+                async for status in self.fal.watch(handle):
+                    if status.status == "COMPLETED":
+                        return job
+                    state = JobState.RUNNING if status.status == "IN_PROGRESS" else JobState.QUEUED
+                    position = status.queue_position if state is JobState.QUEUED else None
+                    if (state, position) != (job.state, job.queue_position):
+                        job.queue_position = position
+                        job = await self._save(job, state)
+                        await self._show(job)
+                raise FalJobError("fal stopped reporting on this job before it finished.")
+            except StaleJobError:
+                raise
+            except Exception as exc:
+                if decide(Step.WATCH, exc) is not Action.RETRY:
+                    raise _Stop(decide(Step.WATCH, exc), exc) from exc
+                log.warning("job=%s watch interrupted (%s); retrying", job.id, exc)
+                await self.sleep(self.settings.fal.retry_pause_s)
+
+    async def _time_out(self, job: Job, handle: FalHandle) -> Job:
+        if job.state.finished:
+            return job
+        try:
+            outcome = await self.fal.cancel(handle)
+        except FalError as exc:
+            log.warning("job=%s timed out and fal could not be asked to cancel it (%s)", job.id, exc.message)
+            outcome = "cancelled"
+        minutes = self.settings.fal.job_timeout_s / 60
+        limit = f"{minutes:.0f} minutes" if minutes >= 1 else f"{self.settings.fal.job_timeout_s:g} seconds"
+        billed = job.state is JobState.RUNNING or outcome == "already_completed"
+        charge = "fal may bill the part that ran." if billed else "Nothing was charged."
+        log.warning("job=%s timed out at fal after %s (cancel: %s)", job.id, limit, outcome)
+        return await self._fail(
+            job, f"fal did not finish this job within {limit}, so it was cancelled. {charge}", billed=billed
+        )
+
+    async def _fetch(self, job: Job, handle: FalHandle) -> Job:
+        deadline = self.clock() + timedelta(seconds=self.settings.fal.job_timeout_s)
+        output = await self._attempt(job, Step.RESULT, functools.partial(self.fal.result, handle), deadline)
+        assert job.width is not None and job.height is not None
+        names: list[str] = []
+        megapixels = 0.0
+        for index, image in enumerate(output.images):
+            raw = await self._attempt(job, Step.DOWNLOAD, functools.partial(self._download, image.url), deadline)
+            final = await self._attempt(job, Step.DECODE, functools.partial(self._decode, job, raw), deadline)
+            name = result_file(job, index)
+            await asyncio.to_thread(self.files.write, job.id, name, final)
+            names.append(name)
+            width, height = image.width or job.sent_width or job.width, image.height or job.sent_height or job.height
+            megapixels += width * height / 1e6
+        if not names:
+            raise _Stop(Action.FAIL, FalJobError("fal finished but returned no images."))
+        job.result_files = names
+        job.seed = output.seed if output.seed is not None else job.options.seed
+        job.nsfw_flags = list(output.has_nsfw_concepts)
+        job.cost_usd = round(self.settings.fal.price_per_megapixel * megapixels, 6)
+        job.completed_at = self.clock()
+        job.queue_position = None
+        return await self._save(job, JobState.FETCHED)
+
+    async def _download(self, url: str) -> bytes:
+        limits = self.settings.limits
+        return await fetch(
+            self.session,
+            url,
+            allowed_hosts=self.settings.fal.media_hosts,
+            max_bytes=limits.max_output_bytes,
+            timeout_s=limits.download_timeout_s,
+            what="result image",
+        )
+
+    async def _decode(self, job: Job, raw: bytes) -> bytes:
+        assert job.width is not None and job.height is not None
+        return await asyncio.to_thread(
+            images.finish_output,
+            raw,
+            width=job.width,
+            height=job.height,
+            output_format=job.options.output_format,
+            limits=self.settings.limits,
+        )
+
+    async def _deliver(self, job: Job) -> Job:
+        if job.state is not JobState.DELIVERING:
+            job = await self._save(job, JobState.DELIVERING)
+        files: list[ResultFile] = []
+        withheld = 0
+        for index, name in enumerate(job.result_files):
+            flagged = index < len(job.nsfw_flags) and job.nsfw_flags[index]
+            if flagged and not job.origin.channel_nsfw:
+                withheld += 1
+                continue
+            files.append(ResultFile(name, await asyncio.to_thread(self.files.read, job.id, name), spoiler=flagged))
+        elapsed = ((job.completed_at or self.clock()) - job.created_at).total_seconds()
+        parts = await self.notifier.plan(job, result_reply(job, elapsed_s=elapsed, withheld=withheld), files)
+        deadline = self.clock() + timedelta(seconds=self.settings.fal.job_timeout_s)
+        interrupted = job.posting_part  # the part being posted when the process died: it may be on Discord already
+        for part in parts[job.delivered_parts :]:
+            if job.posting_part != part.index:
+                job.posting_part = part.index
+                job = await self._save(job)
+            post = functools.partial(self._post, job, part, itertools.count(), interrupted)
+            message_id = await self._attempt(job, Step.DELIVER, post, deadline)
+            job.delivered_parts = part.index + 1
+            job.posting_part = None
+            if message_id is not None:
+                job.delivered_message_ids = [*job.delivered_message_ids, message_id]
+            job = await self._save(job)
+        job = await self._save(job, JobState.DONE)
+        await self.notifier.forget(job.id)
+        log.info(
+            "job=%s guild=%s user=%s delivered %d image(s)", job.id, job.origin.guild_id, job.origin.user_id, len(files)
+        )
+        return job
+
+    # 3. what a cancel needs from the path (bot.cancel decides)
+
+    def cancel_lock(self, job_id: str) -> asyncio.Lock:
+        """The lock a cancel of ``job_id`` holds while it decides; the watch waits for it before going on."""
+        lock = self._cancel_locks.get(job_id)
+        if lock is None:
+            lock = self._cancel_locks[job_id] = asyncio.Lock()
+        return lock
+
+    def pause_watch(self, job_id: str) -> None:
+        """Stop following fal for ``job_id`` while a cancel is decided: never a fetch or a delivery. The job is
+        followed again if the cancel does not end it."""
+        if (watch := self._watches.get(job_id)) is not None:
+            watch.cancel()
+
+    async def end_cancelled(self, job: Job, user_id: int | None, note: str, *, billed: bool = False) -> Job:
+        """Save ``job`` as CANCELLED over the version read, then show it.
+
+        Raises:
+            StaleJobError: the job moved on meanwhile; nothing was written.
+        """
+        job.cancel_requested_by = user_id
+        if billed and job.cost_usd is None:
+            job.cost_usd = job.cost_estimate_usd
+        job.notes = [*job.notes, f"Cancelled by <@{user_id}>." if user_id is not None else note]
+        job = await self._save(job, JobState.CANCELLED)
+        log.info("job=%s cancelled by user=%s", job.id, user_id)
+        await self.notifier.finish(job, progress_reply(job))
+        await self.notifier.forget(job.id)
+        return job
+
+    # what the waiting line shows
+
+    async def refusal(self, job: Job) -> str | None:
+        return await self.admin.job_refusal(job)
+
+    async def show_waiting(self, job: Job, *, position: int | None = None, held: str | None = None) -> None:
+        await self.notifier.update(job, progress_reply(job, line_position=position, held=held))
+
+    # small steps
+
+    async def _attempt(self, job: Job, step: Step, call: Callable[[], Awaitable[T]], deadline: datetime) -> T:
+        """``call`` until it succeeds, retried while ``bot.policy`` says RETRY and the deadline allows."""
+        while True:
+            try:
+                return await call()
+            except StaleJobError:
+                raise
+            except Exception as exc:
+                action = decide(step, exc)
+                if action is not Action.RETRY or self.clock() >= deadline:
+                    raise _Stop(Action.FAIL if action is Action.RETRY else action, exc) from exc
+                log.warning("job=%s %s failed (%s); trying again", job.id, step.value, exc)
+                await self.sleep(self.settings.fal.retry_pause_s)
+
+    async def _post(
+        self, job: Job, part: ResultPart, tries: itertools.count[int], interrupted: int | None
+    ) -> int | None:
+        # a retry, like a resumed delivery, may find its post already there: a failed post can still have landed
+        maybe_posted = next(tries) > 0 or part.index == interrupted
+        return await self.notifier.post(job, part, maybe_posted=maybe_posted)
+
+    async def _save(self, job: Job, state: JobState | None = None) -> Job:
+        if state is not None:
+            job.state = state
+        return await self.store.save(job)
+
+    async def _reread(self, job: Job) -> Job:
+        return await self.store.get(job.id) or job
+
+    async def _show(self, job: Job) -> None:
+        await self.notifier.update(job, progress_reply(job))
+
+    async def _fail(self, job: Job, message: str, *, billed: bool) -> Job:
+        job.error = message
+        if billed and job.cost_usd is None:
+            job.cost_usd = job.cost_estimate_usd
+        job = await self._save(job, JobState.FAILED)
+        log.warning("job=%s failed: %s", job.id, message)
+        await self.notifier.finish(job, progress_reply(job))
+        await self.notifier.forget(job.id)
+        return job
+
+    async def _fail_with(self, job: Job, exc: BaseException, *, billed: bool, message: str | None = None) -> None:
+        """End the job FAILED with a member-safe text."""
+        message = message or user_message(exc)
+        try:
+            await self._fail(job, message, billed=billed)  # over the version last read: a cancel that won stays
+        except StaleJobError:
+            log.info("job=%s was ended by another writer meanwhile", job.id)
+        except Exception as again:  # the store itself is failing: the next start resumes the row
+            log.error("job=%s could not be marked failed", job.id, exc_info=again)
+
+    def handle(self, job: Job) -> FalHandle:
+        assert job.request_id is not None
+        if job.status_url and job.response_url and job.cancel_url:
+            return FalHandle(
+                request_id=job.request_id,
+                status_url=job.status_url,
+                response_url=job.response_url,
+                cancel_url=job.cancel_url,
+            )
+        return self.fal.handle_for(job.request_id)
