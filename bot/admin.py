@@ -11,7 +11,7 @@ from bot.errors import RefusedError
 from bot.models import Job, utcnow
 from bot.progress import usd
 from bot.store import JobStore
-from bot.store_schema import DEFAULT, UNCHANGED, BudgetChange
+from bot.store_schema import DEFAULT, UNCHANGED, BudgetChange, GuildSettings
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,13 @@ class GuildAdmin:
 
     async def budgets(self, guild_id: int | None) -> tuple[float | None, float | None]:
         """(member daily, server monthly) USD budgets in force, held to the owner's ceilings; None: no limit."""
+        return self.budgets_in(guild_id, await self.store.guild_settings(guild_id) if guild_id is not None else None)
+
+    def budgets_in(self, guild_id: int | None, stored: GuildSettings | None) -> tuple[float | None, float | None]:
+        """As ``budgets``, from a guild's admin state already read."""
         defaults = self.settings.budgets
-        if guild_id is None:
+        if guild_id is None or stored is None:
             return defaults.capped("user_daily", defaults.user_daily_usd), None
-        stored = await self.store.guild_settings(guild_id)
         return (
             defaults.capped("user_daily", stored.user_daily(defaults.user_daily_usd)),
             defaults.capped("guild_monthly", stored.guild_monthly(defaults.guild_monthly_usd)),

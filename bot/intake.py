@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 
 from bot import images
-from bot.admin import GuildAdmin
+from bot.admin import BANNED, PAUSED, GuildAdmin
 from bot.config import Settings
 from bot.downloads import DownloadError, fetch
 from bot.errors import InputError, RefusedError
@@ -90,12 +90,17 @@ class Intake:
             InputError: an option past this server's limits, or a blank prompt.
         """
         self._check_access(origin)
-        await self.admin.check(origin.guild_id, origin.user_id)
+        facts = await self.store.member_facts(origin.guild_id, origin.user_id)  # one query: bursts come here first
+        if origin.guild_id is not None and facts.banned:
+            raise RefusedError(BANNED)
+        if origin.guild_id is not None and facts.settings.paused:
+            raise RefusedError(PAUSED)
         options = self._effective_options(options, origin)
-        cap = self.settings.limits.max_jobs_per_user
-        if await self.store.count_unfinished(origin.user_id) >= cap:
+        if facts.unfinished >= self.settings.limits.max_jobs_per_user:
             raise RefusedError(self.cap_text())
-        user_daily, guild_monthly = await self.budgets(origin)
+        user_daily, guild_monthly = (
+            (None, None) if self._exempt(origin) else self.admin.budgets_in(origin.guild_id, facts.settings)
+        )
         now = self.clock()
         if user_daily is not None:
             spent = await self.store.spend(user_id=origin.user_id, guild_id=origin.guild_id, since=day_start(now))
@@ -151,11 +156,12 @@ class Intake:
         checker_off = origin.channel_nsfw and safety.allow_nsfw_in_age_restricted
         return options.model_copy(update={"prompt": options.prompt.strip(), "enable_safety_checker": not checker_off})
 
+    def _exempt(self, origin: Origin) -> bool:
+        return bool(set(self.settings.budgets.exempt_role_ids) & set(origin.role_ids))
+
     async def budgets(self, origin: Origin) -> tuple[float | None, float | None]:
         """(member daily, server monthly) in force for this member; exempt roles have none."""
-        if set(self.settings.budgets.exempt_role_ids) & set(origin.role_ids):
-            return None, None
-        return await self.admin.budgets(origin.guild_id)
+        return (None, None) if self._exempt(origin) else await self.admin.budgets(origin.guild_id)
 
     async def refusal_text(self, reason: str, job: Job, user_daily: float | None, guild_monthly: float | None) -> str:
         """The member-facing text for a reason ``JobStore.reserve`` gave."""

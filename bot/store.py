@@ -27,6 +27,7 @@ from bot.store_schema import (
     AdminLogEntry,
     BudgetChange,
     GuildSettings,
+    MemberFacts,
     StaleJobError,
     UsageRow,
     migrate,
@@ -234,6 +235,27 @@ class JobStore:
         """The member's jobs not done, failed or cancelled, those still being checked included."""
         sql = f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state IN {sql_in(UNFINISHED_STATES)}"
         return int(await self._scalar(sql, (user_id,)))
+
+    async def member_facts(self, guild_id: int | None, user_id: int) -> MemberFacts:
+        """Ban, unfinished jobs and the guild's admin state in one round trip (the checks run before Discord's
+        3 s acknowledgement, for every command of a burst)."""
+        rows = await self._fetchall(
+            "SELECT EXISTS (SELECT 1 FROM guild_bans WHERE guild_id = ? AND user_id = ?), "
+            f"(SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state IN {sql_in(UNFINISHED_STATES)}), "
+            "g.paused, g.user_daily_set, g.user_daily_usd, g.guild_monthly_set, g.guild_monthly_usd "
+            "FROM (SELECT 1) LEFT JOIN guild_settings AS g ON g.guild_id = ?",
+            (guild_id, user_id, user_id, guild_id),
+        )
+        banned, unfinished, paused, ud_set, ud, gm_set, gm = rows[0]
+        settings = GuildSettings(
+            guild_id=guild_id or 0,
+            paused=bool(paused),
+            user_daily_set=bool(ud_set),
+            user_daily_usd=ud,
+            guild_monthly_set=bool(gm_set),
+            guild_monthly_usd=gm,
+        )
+        return MemberFacts(banned=bool(banned), unfinished=int(unfinished), settings=settings)
 
     async def forget_expired_tokens(self) -> int:
         """Blank the interaction token of every row whose token expired or whose job ended; returns how many."""

@@ -152,6 +152,16 @@ class GuildSettings(BaseModel):
         return self.guild_monthly_usd if self.guild_monthly_set else default
 
 
+class MemberFacts(BaseModel):
+    """What the checks before a job need to know of a member in a guild, read in one query."""
+
+    model_config = ConfigDict(frozen=True)
+
+    banned: bool
+    unfinished: int
+    settings: GuildSettings
+
+
 class UsageRow(BaseModel):
     """One member's line in the admin usage report."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,25 @@ from tests.fakes.fal import start_fake_fal
 from tests.rig import BotRig, make_settings
 
 MakeRig = Callable[..., Awaitable[BotRig]]
+
+PLAIN_SECRETS = ("DISCORD_TOKEN", "FAL_KEY")
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """No test sees the developer's settings: ``FLUXPAINT_*``, ``DISCORD_TOKEN`` and ``FAL_KEY`` are removed, the
+    working directory is an empty one (``Settings()`` reads ``./config.toml`` whatever ``FLUXPAINT_CONFIG`` says)
+    and ``FLUXPAINT_CONFIG`` names a file that does not exist. A test may set its own afterwards; ``-m live``
+    tests keep the environment, since they need the developer's real ``FAL_KEY``."""
+    if request.node.get_closest_marker("live") is not None:
+        return
+    for var in list(os.environ):
+        if var.startswith("FLUXPAINT_") or var in PLAIN_SECRETS:
+            monkeypatch.delenv(var)
+    workdir = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("FLUXPAINT_CONFIG", str(workdir / "no-config.toml"))
 
 
 @pytest.fixture

@@ -19,6 +19,18 @@ async def admin(rig: BotRig, sub: str, user: str = "admin", **options: object) -
     return await answer_to(rig, interaction)
 
 
+def admin_changes(limits: str) -> list[str]:
+    """The "Recent admin changes" lines of ``/fluxpaint limits``, newest first, without their timestamps."""
+    _, found, log = limits.partition("Recent admin changes:\n")
+    assert found, limits
+    return [line.split("> ", 1)[1] for line in log.splitlines()]  # "<t:…:R> <@actor> action: detail"
+
+
+def prompts(rig: BotRig) -> list[str]:
+    """The prompts fal received, in the order the bot sent them."""
+    return [s["prompt"] for s in rig.fal.submits]
+
+
 async def test_admin_commands_are_registered_for_manage_server(make_rig: MakeRig) -> None:
     rig = await make_rig()
     (group,) = [c for c in rig.discord.commands[None] if c["name"] == "fluxpaint"]
@@ -41,17 +53,21 @@ async def test_pause_refuses_new_jobs_and_resume_allows_them(make_rig: MakeRig) 
     await rig.wait_text(interaction, "Inpainted")
     assert len(rig.fal.submits) == 1
     limits = await admin(rig, "limits")
-    assert "taking jobs" in limits and "pause" in limits and "resume" in limits  # the admin log
+    admin_id = rig.discord.user_id("admin")
+    assert "State: ▶️ taking jobs" in limits.splitlines()
+    assert admin_changes(limits) == [f"<@{admin_id}> resume", f"<@{admin_id}> pause"]
 
 
 async def one_at_fal_one_waiting(
     make_rig: MakeRig, at_fal: str, waiting: str
 ) -> tuple[BotRig, FakeInteraction, FakeInteraction]:
-    """A bot that sends one job to fal at a time: ``at_fal``'s job is queued there, ``waiting``'s is #1 in line."""
+    """A bot that sends one job to fal at a time: ``at_fal``'s job is queued there, ``waiting``'s is #1 in line.
+
+    The prompts are "<member>'s job", so ``prompts(rig)`` tells which job fal received."""
     rig = await make_rig(fal={"hold": True}, fal_settings={"max_concurrent": 1})
-    first = await rig.inpaint(COFFEE, COFFEE_MASK, user=at_fal)
+    first = await rig.inpaint(COFFEE, COFFEE_MASK, user=at_fal, prompt=f"{at_fal}'s job")
     await rig.wait_text(first, "Queued at fal")
-    second = await rig.inpaint(COFFEE, COFFEE_MASK, user=waiting)
+    second = await rig.inpaint(COFFEE, COFFEE_MASK, user=waiting, prompt=f"{waiting}'s job")
     await rig.wait_text(second, "#1 in this bot's queue")
     return rig, first, second
 
@@ -61,7 +77,7 @@ async def test_pause_holds_the_waiting_line(make_rig: MakeRig) -> None:
     await admin(rig, "pause")
     rig.fal.release()
     await rig.wait_text(first, "Inpainted")
-    await rig.wait_text(second, "On hold")  # shown by the same pass over the line that would have sent it
+    await rig.wait_text(second, "On hold")
     assert len(rig.fal.submits) == 1
     await admin(rig, "resume")
     await rig.wait_text(second, "Inpainted")
@@ -76,11 +92,11 @@ async def test_ban_refuses_and_cancels_waiting_jobs_unban_restores(make_rig: Mak
     assert "can't use /inpaint" in (await rig.wait_text(refused, "❌")).content
     rig.fal.release()
     await rig.wait_text(first, "Inpainted")
-    assert len(rig.fal.submits) == 1
     assert "again" in await admin(rig, "unban", member="bob")
-    again = await rig.inpaint(COFFEE, COFFEE_MASK, user="bob")
+    again = await rig.inpaint(COFFEE, COFFEE_MASK, user="bob", prompt="bob's job after the unban")
     await rig.wait_text(again, "Inpainted")
-    assert len(rig.fal.submits) == 2
+    # A member's jobs leave the line oldest first: had the cancelled job stayed in line, fal got it before this one.
+    assert prompts(rig) == ["alice's job", "bob's job after the unban"]
 
 
 async def test_budget_set_by_an_admin_refuses_with_what_is_left(make_rig: MakeRig) -> None:
@@ -94,7 +110,10 @@ async def test_budget_set_by_an_admin_refuses_with_what_is_left(make_rig: MakeRi
     assert len(rig.fal.submits) == 1
     report = await admin(rig, "usage", days=7)
     assert f"<@{rig.discord.user_id('alice')}>: $0.008 · 1 job(s) · 1 image(s)" in report
-    assert "member daily" in await admin(rig, "limits") or "Member daily budget: $0.010" in await admin(rig, "limits")
+    limits = await admin(rig, "limits")
+    assert "Member daily budget: $0.010" in limits.splitlines()  # in force
+    admin_id = rig.discord.user_id("admin")
+    assert admin_changes(limits) == [f"<@{admin_id}> budget: member daily: default → 0.01 USD"]  # and logged
 
 
 async def test_twenty_concurrent_commands_against_a_budget_for_five_submit_five(make_rig: MakeRig) -> None:
@@ -185,9 +204,12 @@ async def test_cancel_while_waiting_in_line_never_reaches_fal(make_rig: MakeRig)
     await rig.wait_text(waiting, "Cancelled")
     rig.fal.release()
     await rig.wait_text(first, "Inpainted")
-    assert len(rig.fal.submits) == 1 and rig.fal.cancels == []
+    later = await rig.inpaint(COFFEE, COFFEE_MASK, user="alice", prompt="alice's next job")
+    await rig.wait_text(later, "Inpainted")
+    # A member's jobs leave the line oldest first: had the cancelled job stayed in line, fal got it before this one.
+    assert prompts(rig) == ["bob's job", "alice's next job"] and rig.fal.cancels == []
     usage = await rig.discord.slash("usage", user="alice")
-    assert "Your spend today: $0.000" in await answer_to(rig, usage)
+    assert "Your spend today: $0.008" in await answer_to(rig, usage)  # the next job's; the cancelled one cost nothing
 
 
 async def test_exempt_roles_skip_the_budget_others_are_held_to_it(make_rig: MakeRig) -> None:
@@ -196,6 +218,6 @@ async def test_exempt_roles_skip_the_budget_others_are_held_to_it(make_rig: Make
     budgets = rig.settings.budgets.model_copy(update={"user_daily_usd": 0.0, "exempt_role_ids": [moderator]})
     await rig.start(rig.settings.model_copy(update={"budgets": budgets}))
     refused = await rig.wait_text(await rig.inpaint(COFFEE, COFFEE_MASK, user="alice"), "❌")
-    assert "you have $0.000 left of your daily $0.000" in refused.content, refused.content
+    assert "You have used your daily budget of $0.000 here." in refused.content, refused.content
     await rig.wait_text(await rig.inpaint(COFFEE, COFFEE_MASK, user="mod"), "Inpainted")
     assert len(rig.fal.submits) == 1

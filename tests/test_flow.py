@@ -15,6 +15,11 @@ COFFEE, COFFEE_MASK = fixture("coffee.png"), fixture("coffee_mask.png")
 WEBHOOK_EDIT = "PATCH /api/v10/webhooks/{app}/{token}/messages/{mid}"
 
 
+def upload_attempts(rig, interaction) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
+    """(path, status) of every request that carried files through ``interaction``'s token, answered or refused."""
+    return [(r.path, r.status) for r in rig.discord.requests if r.files and interaction.token in r.path]
+
+
 def shown_texts(rig, interaction) -> list[str]:  # type: ignore[no-untyped-def]
     """Every content the member's reply showed, in order (edits through the interaction webhook)."""
     return [
@@ -175,8 +180,14 @@ async def test_cancel_by_another_member_is_refused_and_by_the_owner_works(make_r
     final = await rig.wait_text(interaction, "Cancelled")
     assert final.components == [] and final.attachments == []
     assert len(rig.fal.cancels) == 1 and len(rig.fal.submits) == 1
+    (cancelled,) = rig.fal.jobs
     rig.fal.release()
-    assert rig.fal.result_calls == 0
+    # A watch that outlived the cancel would fetch within one poll; a whole later job takes several.
+    later = await rig.inpaint(COFFEE, COFFEE_MASK, prompt="a later job")
+    await rig.wait_text(later, "Inpainted")
+    fetched = [r.path for r in rig.fal.requests if r.method == "GET" and r.path.endswith(f"/requests/{cancelled}")]
+    assert fetched == [] and rig.fal.result_calls == 1  # the later job's result only
+    assert "Cancelled" in visible_text(final) and final.attachments == []
 
 
 async def test_a_moderator_may_cancel_someone_elses_job(make_rig: MakeRig) -> None:
@@ -201,17 +212,30 @@ async def test_cancel_works_after_a_restart(make_rig: MakeRig) -> None:
 
 
 async def test_a_restart_watches_the_same_request_and_delivers_once(make_rig: MakeRig) -> None:
-    rig = await make_rig(fal={"hold": True})
+    rig = await make_rig(fal={"hold": True}, fal_settings={"max_concurrent": 1})
     interaction = await rig.inpaint(COFFEE, COFFEE_MASK, num_images=2)
     await queued_reply(rig, interaction)
+    behind = await rig.inpaint(COFFEE, COFFEE_MASK, prompt="the job behind")
+    await rig.wait_text(behind, "#1 in this bot's queue")
     await rig.stop()
     rig.fal.release()
     await rig.start()
     final = await rig.wait_text(interaction, "Inpainted")
     assert len(final.attachments) == 2
-    assert len(rig.fal.submits) == 1
+    # The member sees the result a moment before the bot records it. The job behind leaves the line only when
+    # the first job's run has ended, so once it is done the first job is finished and recorded.
+    await rig.wait_text(behind, "Inpainted")
+    assert [s["prompt"] for s in rig.fal.submits] == ["a red hat", "the job behind"]  # the same request watched
+    edits, uploads = rig.discord.edits_of(final.id), upload_attempts(rig, interaction)
+    assert len(uploads) >= 1, uploads
+
     await rig.restart()  # a further restart posts nothing again
-    assert len(rig.discord.messages_in("general")) == 1 and len(final.attachments) == 2
+    # Resumed jobs start with the bot; a later job's whole path is the point by which a repeat had been tried.
+    later = await rig.inpaint(COFFEE, COFFEE_MASK, prompt="a later job", user="bob")
+    await rig.wait_text(later, "Inpainted")
+    assert upload_attempts(rig, interaction) == uploads  # not even one rate-limited try
+    assert rig.discord.edits_of(final.id) == edits and len(final.attachments) == 2  # the result was not touched
+    assert len(rig.discord.messages_in("general")) == 3  # the three replies, nothing posted anew
     assert rig.discord.errors == [] and rig.discord.unknown_routes == []
 
 

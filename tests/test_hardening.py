@@ -109,7 +109,8 @@ async def test_a_result_image_that_cannot_be_decoded_fails_at_once(make_rig: Mak
 
     final = await rig.wait_text(interaction, "fal returned an image that could not be read")
     assert rig.fal.result_calls == 1 and final.attachments == []
-    assert sum(1 for r in rig.fal.requests if r.path.startswith("/files/")) == 1  # downloaded once, not again every 30 s
+    downloads = [r for r in rig.fal.requests if r.path.startswith("/files/")]
+    assert len(downloads) == 1  # downloaded once, not again every 30 s
 
 
 async def test_a_submit_fal_turns_away_goes_back_in_line_and_runs_later(make_rig: MakeRig) -> None:
