@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import logging
 import time
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import cast
 
+import aiohttp
 import discord
 
 from bot import images
@@ -30,6 +32,7 @@ FINAL_TRIES = 3  # edits of a failed or cancelled job's reply before its text is
 FINAL_RETRY_S = 1.0
 FINAL_PART = 999  # the nonce of a final text posted anew
 HISTORY_LOOKBACK = 50  # the bot's recent messages searched for a part posted before a crash
+ENDED_MEMORY = 10_000  # ended jobs remembered so that a late progress update is dropped
 
 
 def batches(files: Sequence[ResultFile], *, max_bytes: int = MAX_REQUEST_BYTES) -> list[list[ResultFile]]:
@@ -48,6 +51,13 @@ def batches(files: Sequence[ResultFile], *, max_bytes: int = MAX_REQUEST_BYTES) 
 def delivery_nonce(job_id: str, part: int) -> str:
     """At most 25 characters, the same for the same part of the same job, so Discord drops a repeat."""
     return f"fp{job_id[:20]}{part:03d}"
+
+
+def describe(exc: BaseException) -> str:
+    """A failure in a log line: Discord's status and code, or the network error's kind (never a URL)."""
+    if isinstance(exc, discord.HTTPException):
+        return f"{exc.status} {exc.code}"
+    return type(exc).__name__
 
 
 def part_text(job_id: str, index: int, total: int) -> str:
@@ -107,6 +117,8 @@ class DiscordNotifier:
         self.sleep = sleep
         self._editors: dict[str, _Editor] = {}
         self._dead_tokens: set[str] = set()
+        # Jobs whose last text is out: a progress update computed before they ended must not land after it.
+        self._ended: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # routing
 
@@ -182,7 +194,14 @@ class DiscordNotifier:
 
     # progress
 
+    def _end(self, job_id: str) -> None:
+        self._ended[job_id] = None
+        while len(self._ended) > ENDED_MEMORY:
+            self._ended.popitem(last=False)
+
     async def update(self, job: Job, reply: Reply) -> None:
+        if job.id in self._ended:
+            return
         editor = self._editors.get(job.id)
         if editor is None:
             editor = self._editors[job.id] = _Editor(job=job)
@@ -227,6 +246,7 @@ class DiscordNotifier:
                     editor.wanted = None
 
     async def forget(self, job_id: str) -> None:
+        self._end(job_id)
         editor = self._editors.pop(job_id, None)
         self._dead_tokens.discard(job_id)
         if editor is not None and editor.task is not None and editor.task is not asyncio.current_task():
@@ -245,6 +265,7 @@ class DiscordNotifier:
         """The last text of a failed or cancelled job: edited in, retried, else posted anew; never raises."""
         editor = self._editors.setdefault(job.id, _Editor(job=job))
         editor.job, editor.wanted = job, None  # a stale "Generating…" must not land after this
+        self._end(job.id)
         if editor.task is not None and not editor.task.done() and editor.task is not asyncio.current_task():
             await asyncio.wait([editor.task])
         async with editor.lock:
@@ -252,8 +273,8 @@ class DiscordNotifier:
                 await self._wait_turn(editor)
                 try:
                     reached = await self._edit_reply(job, reply)
-                except discord.HTTPException as exc:
-                    log.warning("job=%s final edit failed (%s %s); try %d", job.id, exc.status, exc.code, attempt + 1)
+                except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    log.warning("job=%s final edit failed (%s); try %d", job.id, describe(exc), attempt + 1)
                     editor.last_edit = self.monotonic()
                     await self.sleep(FINAL_RETRY_S * (attempt + 1))
                     continue
@@ -265,8 +286,8 @@ class DiscordNotifier:
             # the reply cannot be edited (deleted, or the token is gone and its id unknown): say it anew
             try:
                 await self._post_new(job, reply, [], mention=True, nonce=delivery_nonce(job.id, FINAL_PART))
-            except discord.HTTPException as exc:
-                log.warning("job=%s final text could not be posted either (%s %s)", job.id, exc.status, exc.code)
+            except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.warning("job=%s final text could not be posted either (%s)", job.id, describe(exc))
 
     # results
 
@@ -310,6 +331,8 @@ class DiscordNotifier:
         except discord.HTTPException as exc:
             transient = exc.status >= 500 or exc.status == 429
             raise DeliveryError(f"Discord answered {exc.status} ({exc.code})", transient=transient) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:  # discord.py lets network trouble through
+            raise DeliveryError(f"Discord could not be reached ({type(exc).__name__})", transient=True) from exc
 
     async def _post_part(self, job: Job, part: ResultPart, *, maybe_posted: bool) -> int | None:
         origin = job.origin
@@ -360,7 +383,7 @@ class DiscordNotifier:
                     continue
                 footers = [e.footer.text or "" for e in message.embeds if e.footer]
                 if message.nonce == nonce or (
-                    marker in message.content if part.index > 0 else any(marker in f for f in footers)
+                    message.content == part.reply.content if part.index > 0 else any(marker in f for f in footers)
                 ):
                     log.info("job=%s part %d was posted before a restart; not posting again", job.id, part.index)
                     return message.id

@@ -23,6 +23,7 @@ from bot.fal_models import (
     FalError,
     FalHandle,
     FalJobError,
+    FalNotTakenError,
     FalRejectedError,
     FalSubmitUnknownError,
     FalTransientError,
@@ -209,7 +210,7 @@ class FalQueueClient:
             try:
                 reply = await self._send("POST", url, json_body=body, client_timeout=timeout, extra_headers=deadline)
             except aiohttp.ClientSSLError as exc:
-                raise FalTransientError("fal's TLS certificate was not accepted, so the job was not sent.") from exc
+                raise FalNotTakenError("fal's TLS certificate was not accepted, so the job was not sent.") from exc
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 problem = describe_failure(exc)  # no connection: not a byte of the job left this machine
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -229,7 +230,7 @@ class FalQueueClient:
                 retry_after = parse_retry_after(reply.headers.get("Retry-After"))
             if attempt < self._settings.max_retries:
                 await self._backoff(attempt, "submit", problem, retry_after)
-        raise FalTransientError(
+        raise FalNotTakenError(
             f"fal did not accept the job ({problem}), so nothing was sent or charged; "
             "please try again in a few minutes."
         )

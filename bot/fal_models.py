@@ -32,6 +32,11 @@ class FalTransientError(FalError):
     """Network trouble, timeouts, 429 or 5xx after the retries: may succeed later; a job at fal may still be alive."""
 
 
+class FalNotTakenError(FalTransientError):
+    """A submit that certainly did not reach fal's queue (no connection, 429, a 503 naming no request): the same
+    job may be sent again later."""
+
+
 class FalRejectedError(FalError):
     """fal refused the request (4xx, a refused key): retrying the same request cannot help."""
 

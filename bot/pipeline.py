@@ -229,7 +229,10 @@ class JobPipeline:
         except TimeoutError:
             if not scope.expired():
                 raise
-            return await self._time_out(await self._reread(job), handle)
+            job = await self._reread(job)
+            if not await self._time_out(job, handle):
+                return await self._reread(job)
+            # fal had finished it after all (or while the bot was down): fetch it rather than throw it away
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
@@ -264,22 +267,27 @@ class JobPipeline:
                 log.warning("job=%s watch interrupted (%s); retrying", job.id, exc)
                 await self.sleep(self.settings.fal.retry_pause_s)
 
-    async def _time_out(self, job: Job, handle: FalHandle) -> Job:
+    async def _time_out(self, job: Job, handle: FalHandle) -> bool:
+        """Cancel a job past its deadline at fal and end it; True when fal had finished it, so it is fetched."""
         if job.state.finished:
-            return job
+            return False
         try:
             outcome = await self.fal.cancel(handle)
         except FalError as exc:
             log.warning("job=%s timed out and fal could not be asked to cancel it (%s)", job.id, exc.message)
             outcome = "cancelled"
+        if outcome == "already_completed":
+            log.info("job=%s reached its deadline as fal finished it; fetching", job.id)
+            return True
         minutes = self.settings.fal.job_timeout_s / 60
         limit = f"{minutes:.0f} minutes" if minutes >= 1 else f"{self.settings.fal.job_timeout_s:g} seconds"
-        billed = job.state is JobState.RUNNING or outcome == "already_completed"
+        billed = job.state is JobState.RUNNING
         charge = "fal may bill the part that ran." if billed else "Nothing was charged."
         log.warning("job=%s timed out at fal after %s (cancel: %s)", job.id, limit, outcome)
-        return await self._fail(
+        await self._fail(
             job, f"fal did not finish this job within {limit}, so it was cancelled. {charge}", billed=billed
         )
+        return False
 
     async def _fetch(self, job: Job, handle: FalHandle) -> Job:
         deadline = self.clock() + timedelta(seconds=self.settings.fal.job_timeout_s)
@@ -447,9 +455,14 @@ class JobPipeline:
         """End the job FAILED with a member-safe text."""
         message = message or user_message(exc)
         try:
-            await self._fail(job, message, billed=billed)  # over the version last read: a cancel that won stays
-        except StaleJobError:
-            log.info("job=%s was ended by another writer meanwhile", job.id)
+            try:
+                await self._fail(job, message, billed=billed)  # over the version last read: a cancel that won stays
+            except StaleJobError:
+                fresh = await self._reread(job)
+                if fresh.state.finished:
+                    log.info("job=%s was ended by another writer meanwhile", job.id)
+                    return
+                await self._fail(fresh, message, billed=billed)
         except Exception as again:  # the store itself is failing: the next start resumes the row
             log.error("job=%s could not be marked failed", job.id, exc_info=again)
 

@@ -6,7 +6,13 @@ from enum import StrEnum
 from typing import Final
 
 from bot.downloads import DownloadError, DownloadTransientError
-from bot.fal_models import FalJobError, FalRejectedError, FalSubmitUnknownError, FalTransientError
+from bot.fal_models import (
+    FalJobError,
+    FalNotTakenError,
+    FalRejectedError,
+    FalSubmitUnknownError,
+    FalTransientError,
+)
 from bot.images import ImageError
 from bot.progress import DeliveryError
 
@@ -32,7 +38,8 @@ class Action(StrEnum):
 POLICY: Final[dict[Step, dict[type[BaseException], Action]]] = {
     Step.SUBMIT: {
         FalSubmitUnknownError: Action.FAIL_UNKNOWN,  # maybe a paid job: never sent twice
-        FalTransientError: Action.REQUEUE,  # no connection, 429 or 503 past the retries: nothing was sent
+        FalNotTakenError: Action.REQUEUE,  # no connection, 429 or 503 past the retries: nothing was sent
+        FalTransientError: Action.FAIL,  # another 5xx: fal may have seen it, so it is never sent again
         FalRejectedError: Action.FAIL,
     },
     Step.WATCH: {

@@ -26,6 +26,7 @@ from bot.store import JobStore
 log = logging.getLogger(__name__)
 
 PRUNE_RETRY_S = 60.0
+CHECK_BUDGET_S = 1.5  # of Discord's 3 s to acknowledge a command, what the private checks may take
 
 __all__ = ["CancelResult", "JobService"]
 
@@ -98,6 +99,12 @@ class JobService:
         log.info("resumed %d job(s) at fal or in delivery", resumed)
         self.scheduler.begin()
         self._pruner = asyncio.create_task(self._prune_loop(), name="fluxpaint-prune")
+        self._pruner.add_done_callback(self._log_end)
+
+    @staticmethod
+    def _log_end(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("task %s failed", task.get_name(), exc_info=exc)
 
     def _warn_if_unbounded(self) -> None:
         budgets, access = self.settings.budgets, self.settings.access
@@ -132,6 +139,7 @@ class JobService:
         self._accepting = False
         if self._pruner is not None:
             self._pruner.cancel()
+            await asyncio.wait([self._pruner])
         await self.scheduler.close()
         await self.pipeline.critical.settle(grace_s)
 
@@ -145,7 +153,15 @@ class JobService:
         """
         if not self._accepting:
             raise RefusedError("The bot is restarting; please try again in a minute.")
-        await self.pipeline.intake.check(options, origin)
+        try:
+            async with asyncio.timeout(CHECK_BUDGET_S):
+                await self.pipeline.intake.check(options, origin)
+        except TimeoutError:  # a busy store must not cost the acknowledgement: accept checks again after it
+            log.warning(
+                "guild=%s user=%s the checks before the defer were slow; deferring first",
+                origin.guild_id,
+                origin.user_id,
+            )
 
     async def accept(self, options: InpaintOptions, origin: Origin, image: Upload, mask: Upload | None) -> Job:
         """Validate everything, store the inputs and put the job in the waiting line.

@@ -207,7 +207,11 @@ class JobStore:
         """
         read = job.version
         job.version = read + 1
-        cursor = await db.execute(UPDATE_JOB, (*_fields(job, self._clock()), job.version, job.id, read))
+        try:
+            cursor = await db.execute(UPDATE_JOB, (*_fields(job, self._clock()), job.version, job.id, read))
+        except BaseException:
+            job.version = read  # nothing was written: the object must still match the row
+            raise
         if cursor.rowcount != 1:
             job.version = read
             raise StaleJobError(job.id, read)
@@ -219,8 +223,13 @@ class JobStore:
             StaleJobError: the row changed since ``job`` was read (a cancel won the race); re-read it.
         """
         job.updated_at = self._clock()
-        async with self._transaction() as db:
-            await self._update(db, job)
+        read = job.version
+        try:
+            async with self._transaction() as db:
+                await self._update(db, job)
+        except BaseException:
+            job.version = read  # a failed commit rolled the row back too
+            raise
         return job
 
     async def get(self, job_id: str) -> Job | None:
@@ -320,6 +329,30 @@ class JobStore:
         refused: ``"user_limit"``, ``"user_budget"`` or ``"guild_budget"`` (the row is then left unchanged).
         Jobs still in ACCEPTED (being validated) count neither towards the limit nor the budgets.
         """
+        before = (job.state, job.updated_at, job.version)
+        try:
+            return await self._reserve(
+                job,
+                user_daily_usd=user_daily_usd,
+                guild_monthly_usd=guild_monthly_usd,
+                day_start=day_start,
+                month_start=month_start,
+                max_unfinished_per_user=max_unfinished_per_user,
+            )
+        except BaseException:
+            job.state, job.updated_at, job.version = before  # the commit failed: the row is as it was
+            raise
+
+    async def _reserve(
+        self,
+        job: Job,
+        *,
+        user_daily_usd: float | None,
+        guild_monthly_usd: float | None,
+        day_start: datetime,
+        month_start: datetime,
+        max_unfinished_per_user: int,
+    ) -> str | None:
         user_id, guild_id = job.origin.user_id, job.origin.guild_id
         async with self._transaction() as db:
             others = await self._scalar(
@@ -336,13 +369,8 @@ class JobStore:
                 spent = await self._spend(user_id=None, guild_id=guild_id, since=month_start, exclude=job.id)
                 if spent + job.cost_estimate_usd > guild_monthly_usd + USD_EPSILON:
                     return "guild_budget"
-            state, updated_at = job.state, job.updated_at
             job.state, job.updated_at = JobState.WAITING, self._clock()
-            try:
-                await self._update(db, job)
-            except BaseException:
-                job.state, job.updated_at = state, updated_at
-                raise
+            await self._update(db, job)
         return None
 
     async def usage(self, *, guild_id: int | None, since: datetime, until: datetime | None = None) -> list[UsageRow]:

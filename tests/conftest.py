@@ -19,7 +19,8 @@ PLAIN_SECRETS = ("DISCORD_TOKEN", "FAL_KEY")
 
 
 @pytest.fixture(autouse=True)
-def isolated_settings(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+def isolated_settings(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """No test sees the developer's settings: ``FLUXPAINT_*``, ``DISCORD_TOKEN`` and ``FAL_KEY`` are removed, the
     working directory is an empty one (``Settings()`` reads ``./config.toml`` whatever ``FLUXPAINT_CONFIG`` says)

@@ -1,18 +1,16 @@
+"""Settings from the TOML file and the environment; the developer's own settings never reach a test
+(``isolated_settings`` in conftest.py clears them, and each test here sets what it means to test)."""
+
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bot.cli import main
-from bot.config import ConfigError, load_settings, masked_dump
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for var in list(os.environ):
-        if var.startswith("FLUXPAINT_") or var in ("DISCORD_TOKEN", "FAL_KEY"):
-            monkeypatch.delenv(var)
+from bot.config import ConfigError, FalSettings, LimitSettings, load_settings, masked_dump
+from tests.conftest import MakeRig
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -83,6 +81,62 @@ def test_loopback_http_is_accepted_for_fakes(tmp_path: Path, monkeypatch: pytest
     settings = load_settings(path)
     assert settings.fal.base_url == "http://127.0.0.1:8080"
     assert settings.fal.media_hosts == ["127.0.0.1:9000"]
+
+
+def test_fluxpaint_config_names_the_file_when_no_path_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    named = write(tmp_path, '[discord]\ntoken = "t"\n[fal]\nkey = "k"\nmax_concurrent = 3\n')
+    explicit = tmp_path / "explicit.toml"
+    explicit.write_text('[discord]\ntoken = "t"\n[fal]\nkey = "k"\nmax_concurrent = 4\n')
+    monkeypatch.setenv("FLUXPAINT_CONFIG", str(named))
+    assert load_settings().fal.max_concurrent == 3
+    assert load_settings(explicit).fal.max_concurrent == 4  # --config wins over FLUXPAINT_CONFIG
+
+
+async def test_a_rigs_settings_come_from_the_rig_alone(make_rig: MakeRig) -> None:
+    """Run by the next test inside a hostile working directory and environment; passes trivially on its own."""
+    rig = await make_rig(start=False)
+    assert rig.settings.fal.max_concurrent == FalSettings.model_fields["max_concurrent"].default
+    assert rig.settings.limits == LimitSettings()
+    with pytest.raises(ConfigError) as info:
+        load_settings()  # FLUXPAINT_CONFIG and the plain secrets are the developer's no more
+    text = "\n".join(info.value.lines)
+    assert "DISCORD_TOKEN" in text and "FAL_KEY" in text, text
+
+
+@pytest.mark.parametrize(
+    ("config_toml", "env"),
+    [
+        pytest.param("[limits]\nmax_megapixels = -1\n", {}, id="bad-config-toml-in-cwd"),
+        pytest.param(
+            None,
+            {"FLUXPAINT_FAL__MAX_CONCURRENT": "999", "DISCORD_TOKEN": "developer-token", "FAL_KEY": "developer-key"},
+            id="developer-env",
+        ),
+        pytest.param(
+            "[limits]\nmax_megapixels = -1\n",
+            {"FLUXPAINT_FAL__MAX_CONCURRENT": "999", "FLUXPAINT_CONFIG": "config.toml", "FAL_KEY": "developer-key"},
+            id="both",
+        ),
+    ],
+)
+def test_the_developers_config_and_env_do_not_reach_a_rig(
+    tmp_path: Path, config_toml: str | None, env: dict[str, str]
+) -> None:
+    """A real pytest session started where a developer works: their config.toml and variables must not count."""
+    if config_toml is not None:
+        (tmp_path / "config.toml").write_text(config_toml)
+    inner = f"{Path(__file__).resolve()}::test_a_rigs_settings_come_from_the_rig_alone"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", inner],
+        cwd=tmp_path,
+        env=os.environ | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "1 passed" in done.stdout, done.stdout[-3000:]
 
 
 def test_missing_secrets_say_how_to_set_them(tmp_path: Path) -> None:

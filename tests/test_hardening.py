@@ -265,3 +265,14 @@ async def test_a_cancel_never_cuts_off_a_delivery_in_progress(make_rig: MakeRig)
     hold.set()
     final = await rig.wait_text(interaction, "Inpainted")
     assert len(final.attachments) == 1 and rig.fal.cancels == []
+
+
+async def test_a_submit_fal_answers_500_is_failed_not_sent_again(make_rig: MakeRig) -> None:
+    rig = await make_rig(
+        fal={"submit_5xx_count": 1, "submit_5xx_status": 500}, fal_settings={"max_retries": 0, "retry_pause_s": 0.05}
+    )
+    interaction = await rig.inpaint(COFFEE, COFFEE_MASK)
+    final = await rig.wait_text(interaction, "❌")
+    assert "HTTP 500" in final.content
+    submits = [r.status for r in rig.fal.requests if r.method == "POST" and r.path.endswith("/inpainting")]
+    assert submits == [500]  # fal may have seen it: never sent again

@@ -3,7 +3,7 @@ import sqlite3
 import pytest
 
 from bot.downloads import DownloadError, DownloadTooLargeError, DownloadTransientError
-from bot.fal_models import FalJobError, FalRejectedError, FalSubmitUnknownError, FalTransientError
+from bot.fal_models import FalJobError, FalNotTakenError, FalRejectedError, FalSubmitUnknownError, FalTransientError
 from bot.images import ImageError
 from bot.policy import Action, Step, decide
 from bot.progress import DeliveryError
@@ -12,7 +12,8 @@ from bot.progress import DeliveryError
 @pytest.mark.parametrize(
     ("step", "error", "action"),
     [
-        (Step.SUBMIT, FalTransientError("429 past the retries"), Action.REQUEUE),
+        (Step.SUBMIT, FalNotTakenError("429 past the retries"), Action.REQUEUE),
+        (Step.SUBMIT, FalTransientError("HTTP 500 from the queue"), Action.FAIL),
         (Step.SUBMIT, FalSubmitUnknownError("read timeout after sending"), Action.FAIL_UNKNOWN),
         (Step.SUBMIT, FalRejectedError("422"), Action.FAIL),
         (Step.WATCH, FalTransientError("status 503"), Action.RETRY),

@@ -549,3 +549,20 @@ async def test_a_member_daily_budget_counts_only_the_spend_in_its_server(store: 
     another = make_job(guild=1, estimate=0.6)
     await store.create(another)
     assert await reserve(store, another, user_daily=1.0) == "user_budget"
+
+
+async def test_a_save_that_fails_leaves_the_job_matching_its_row(store: JobStore) -> None:
+    job = make_job(state=JobState.QUEUED)
+    await store.create(job)
+    # the write itself fails (as a full disk would), after the version was bumped for it
+    await store._db.execute(
+        "CREATE TEMP TRIGGER fail_running BEFORE UPDATE ON jobs WHEN NEW.state = 'running' "
+        "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+    )
+    job.state = JobState.RUNNING
+    with pytest.raises(sqlite3.DatabaseError):
+        await store.save(job)
+    assert job.version == 0  # still the row's version: the next save (a FAILED) goes through
+    job.state = JobState.FAILED
+    await store.save(job)
+    assert (await store.get(job.id)).state is JobState.FAILED  # type: ignore[union-attr]
