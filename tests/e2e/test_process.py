@@ -308,7 +308,8 @@ async def test_kill_9_between_fetching_the_result_and_posting_it(make_e2e: MakeE
     assert len(e2e.fal.submits) == 1 and e2e.fal.result_calls == 1  # delivered from disk, not fetched again
 
 
-async def test_kill_9_in_the_middle_of_a_multi_message_delivery(make_e2e: MakeE2E) -> None:
+@pytest.mark.parametrize("nonces_forgotten", [False, True], ids=["within-the-nonce-window", "hours-later"])
+async def test_kill_9_in_the_middle_of_a_multi_message_delivery(make_e2e: MakeE2E, nonces_forgotten: bool) -> None:
     gate = asyncio.Event()
     e2e = await make_e2e(
         # two 0.7 MB results and 1 MiB per request: the reply carries one, a second message the other
@@ -320,6 +321,8 @@ async def test_kill_9_in_the_middle_of_a_multi_message_delivery(make_e2e: MakeE2
     await e2e.discord.wait_for(lambda: e2e.discord.uploads_waiting > 0, 30)
     await e2e.bot.kill()  # Discord posted the second message; the bot never heard back
     gate.set()
+    if nonces_forgotten:
+        e2e.discord._nonces.clear()  # Discord no longer knows the nonce: the bot must find its post by itself
     await e2e.bot.start()
     await eventually(e2e, logged(e2e, "delivered", start=2), "delivery by the second run")
     final = interaction.original()
@@ -386,22 +389,3 @@ async def test_a_prompt_with_markdown_shows_as_typed(make_e2e: MakeE2E) -> None:
     description = final.embeds[0]["description"]
     assert description.startswith(r"\## \*\*huge\*\* \[click me](https://evil.example) @" + "\u200bhere")
     assert e2e.fal.submits[0]["prompt"] == "## **huge** [click me](https://evil.example) @here"  # fal gets it as typed
-
-
-async def test_kill_9_mid_delivery_posts_once_after_discord_forgot_the_nonce(make_e2e: MakeE2E) -> None:
-    gate = asyncio.Event()
-    e2e = await make_e2e(
-        fake_discord={"upload_gate": gate, "upload_gate_after": 1, "max_request_bytes": 1024 * 1024},
-        fake_fal={"result_noise": True, "positions": [0]},
-        discord={"max_request_bytes": 1024 * 1024},
-    )
-    interaction = await inpaint(e2e, num_images=2, output_format="png")
-    await e2e.discord.wait_for(lambda: e2e.discord.uploads_waiting > 0, 30)
-    await e2e.bot.kill()  # Discord posted the second message; the bot never heard back
-    gate.set()
-    e2e.discord._nonces.clear()  # hours pass: Discord no longer knows the nonce
-    await e2e.bot.start()
-    await eventually(e2e, logged(e2e, "delivered", start=2), "delivery by the second run")
-    posted = result_messages(e2e)
-    assert [len(m.attachments) for m in posted] == [1, 1], posted
-    assert interaction.original() is not None and len(e2e.fal.submits) == 1
