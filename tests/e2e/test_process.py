@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import itertools
 import signal
 from typing import Any
 
@@ -71,8 +70,8 @@ async def test_happy_path_against_the_real_process(make_e2e: MakeE2E) -> None:
     e2e = await make_e2e(fake_fal={"positions": [2, 1, 0]})
     interaction = await inpaint(e2e, num_images=2, output_format="png")
     final = await wait_text(e2e, interaction, "Inpainted")
-    assert interaction.callbacks[0].type == 5
-    assert interaction.callbacks[0].time - interaction.created_at < 3.0
+    # within Discord's 3 s: the fake answers a late callback 404 10062, as Discord does (timings are in bench/)
+    assert interaction.callbacks[0].type == 5 and interaction.callbacks[0].status == 200
     paths = [r.path for r in e2e.discord.requests]
     first_download = next(i for i, p in enumerate(paths) if p.startswith("/cdn/attachments/"))
     assert any(p.endswith("/callback") for p in paths[:first_download])  # deferred before any slow work
@@ -152,17 +151,17 @@ async def test_cancel_from_a_fresh_process(make_e2e: MakeE2E) -> None:
     assert len(e2e.fal.cancels) == 1 and len(e2e.fal.submits) == 1
 
 
-async def test_default_pacing_causes_no_429_and_keeps_two_seconds_between_edits(make_e2e: MakeE2E) -> None:
+async def test_default_pacing_causes_no_429(make_e2e: MakeE2E) -> None:
     e2e = await make_e2e(
         fake_discord={"ratelimit_headers": False},  # every edit past Discord's limit would be a 429
         fake_fal={"positions": [6, 5, 4, 3, 2, 1, 0], "in_progress_steps": 4},
     )
     interaction = await inpaint(e2e)
     final = await wait_text(e2e, interaction, "Inpainted", timeout=60)
-    edits = e2e.discord.edits_of(final.id)
-    gaps = [b - a for a, b in itertools.pairwise(edits)]
+    # Without rate-limit headers the fake answers every edit past Discord's limit with a 429: none came. The
+    # gaps themselves are a benchmark figure (bench/edits), not a wall-clock assertion here.
     assert e2e.discord.rate_limited == []
-    assert gaps and min(gaps) >= 1.9, gaps
+    assert len(e2e.discord.edits_of(final.id)) >= 2  # it did show progress before the result
 
 
 async def test_a_result_over_the_upload_limit_is_re_encoded_not_dropped(make_e2e: MakeE2E) -> None:
@@ -182,8 +181,8 @@ async def test_fifty_members_at_once(make_e2e: MakeE2E) -> None:
         e2e.discord.add_member(name)
     interactions = await asyncio.gather(*(inpaint(e2e, user=name) for name in members))
     await e2e.discord.wait_for(lambda: all(i.callbacks for i in interactions), 20)
-    assert all(i.callbacks and i.callbacks[0].type == 5 for i in interactions)
-    assert max(i.callbacks[0].time - i.created_at for i in interactions) < 3.0
+    # each in time: the fake refuses a callback after Discord's 3 s (bench/first_response measures the times)
+    assert all(i.callbacks and i.callbacks[0].type == 5 and i.callbacks[0].status == 200 for i in interactions)
     for interaction in interactions:
         await wait_text(e2e, interaction, "Inpainted", timeout=120)
     assert len(e2e.fal.submits) == 50 and len(result_messages(e2e)) == 50
