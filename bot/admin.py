@@ -7,11 +7,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from bot.config import Settings
-from bot.errors import RefusedError
 from bot.models import Job, utcnow
 from bot.progress import usd
 from bot.store import JobStore
-from bot.store_schema import DEFAULT, UNCHANGED, BudgetChange, GuildSettings
+from bot.store_schema import DEFAULT, UNCHANGED, BudgetChange, GuildSettings, MemberFacts
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +32,18 @@ class GuildAdmin:
 
     # what the core asks
 
-    async def refusal(self, guild_id: int | None, user_id: int) -> str | None:
-        """Why a job of ``user_id`` may not start in ``guild_id`` now (paused, banned), or None."""
+    @staticmethod
+    def refusal_in(guild_id: int | None, facts: MemberFacts) -> str | None:
+        """Why a member may not start a job in ``guild_id`` now (banned, paused), from facts already read."""
         if guild_id is None:
             return None
-        if await self.store.is_banned(guild_id, user_id):
+        if facts.banned:
             return BANNED
-        if (await self.store.guild_settings(guild_id)).paused:
-            return PAUSED
-        return None
+        return PAUSED if facts.settings.paused else None
 
-    async def check(self, guild_id: int | None, user_id: int) -> None:
-        """Raises RefusedError when the member may not start a job here."""
-        if (reason := await self.refusal(guild_id, user_id)) is not None:
-            raise RefusedError(reason)
+    async def refusal(self, guild_id: int | None, user_id: int) -> str | None:
+        """Why a job of ``user_id`` may not start in ``guild_id`` now (paused, banned), or None."""
+        return self.refusal_in(guild_id, await self.store.member_facts(guild_id, user_id))
 
     async def job_refusal(self, job: Job) -> str | None:
         return await self.refusal(job.origin.guild_id, job.origin.user_id)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 
 from bot import images
-from bot.admin import BANNED, PAUSED, GuildAdmin
+from bot.admin import GuildAdmin
 from bot.config import Settings
 from bot.downloads import DownloadError, fetch
 from bot.errors import InputError, RefusedError
@@ -91,10 +91,8 @@ class Intake:
         """
         self._check_access(origin)
         facts = await self.store.member_facts(origin.guild_id, origin.user_id)  # one query: bursts come here first
-        if origin.guild_id is not None and facts.banned:
-            raise RefusedError(BANNED)
-        if origin.guild_id is not None and facts.settings.paused:
-            raise RefusedError(PAUSED)
+        if (reason := self.admin.refusal_in(origin.guild_id, facts)) is not None:
+            raise RefusedError(reason)
         options = self._effective_options(options, origin)
         if facts.unfinished >= self.settings.limits.max_jobs_per_user:
             raise RefusedError(self.cap_text())

@@ -332,12 +332,7 @@ class JobStore:
         before = (job.state, job.updated_at, job.version)
         try:
             return await self._reserve(
-                job,
-                user_daily_usd=user_daily_usd,
-                guild_monthly_usd=guild_monthly_usd,
-                day_start=day_start,
-                month_start=month_start,
-                max_unfinished_per_user=max_unfinished_per_user,
+                job, user_daily_usd, guild_monthly_usd, day_start, month_start, max_unfinished_per_user
             )
         except BaseException:
             job.state, job.updated_at, job.version = before  # the commit failed: the row is as it was
@@ -346,7 +341,6 @@ class JobStore:
     async def _reserve(
         self,
         job: Job,
-        *,
         user_daily_usd: float | None,
         guild_monthly_usd: float | None,
         day_start: datetime,
@@ -499,10 +493,6 @@ class JobStore:
                 return False
             await self._log(db, guild_id, by, "unban", f"<@{user_id}>")
             return True
-
-    async def is_banned(self, guild_id: int, user_id: int) -> bool:
-        sql = "SELECT 1 FROM guild_bans WHERE guild_id = ? AND user_id = ?"
-        return await self._scalar(sql, (guild_id, user_id)) is not None
 
     async def bans(self, guild_id: int) -> list[int]:
         """Banned member ids, oldest ban first."""

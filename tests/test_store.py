@@ -474,8 +474,8 @@ async def test_admin_state_survives_reopen_and_is_logged(db_path: Path, clock: C
         assert settings.paused
         assert settings.user_daily(5.0) == 2.0
         assert settings.guild_monthly(100.0) is None
-        assert await store.is_banned(1, 77) and not await store.is_banned(1, 78)
-        assert await store.is_banned(2, 78)
+        assert (await store.member_facts(1, 77)).banned and not (await store.member_facts(1, 78)).banned
+        assert (await store.member_facts(2, 78)).banned
         assert await store.bans(1) == [77]
         entries = await store.admin_log(1)
         assert [(e.action, e.actor_id, e.detail) for e in entries] == [
