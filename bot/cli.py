@@ -25,7 +25,9 @@ from bot.fal import FalQueueClient
 from bot.fal_models import FalHandle, fal_input
 from bot.intake import estimate_cost
 from bot.logs import setup_logging
+from bot.looplag import LoopLagProbe
 from bot.models import InpaintOptions
+from bot.pacing import RequestBudget, budget_trace
 from bot.progress import usd
 
 if TYPE_CHECKING:
@@ -56,9 +58,14 @@ async def runtime(settings: Settings) -> AsyncIterator[FluxpaintBot]:
 
     data_dir = Path(settings.storage.data_dir)
     point_at(settings.discord)
+    probe = LoopLagProbe(warn_s=settings.logging.loop_stall_warn_ms / 1000)
+    probe.start()
     async with session(settings) as http, await JobStore.open(data_dir / "fluxpaint.sqlite3") as store:
-        bot = FluxpaintBot(settings)
-        notifier = DiscordNotifier(bot, settings.ui, max_request_bytes=settings.discord.max_request_bytes)
+        budget = RequestBudget(settings.discord.max_requests_per_s)
+        bot = FluxpaintBot(settings, http_trace=budget_trace(budget))
+        notifier = DiscordNotifier(
+            bot, settings.ui, budget=budget, max_request_bytes=settings.discord.max_request_bytes
+        )
         service = JobService(
             settings=settings,
             store=store,
@@ -76,6 +83,7 @@ async def runtime(settings: Settings) -> AsyncIterator[FluxpaintBot]:
             await service.close(SHUTDOWN_GRACE_S)
             await notifier.close()
             await bot.close()
+            await probe.close()
 
 
 def _enough_file_descriptors(settings: Settings) -> None:

@@ -77,6 +77,8 @@ class DiscordSettings(Section):
     # Discord refuses a request over 25 MiB, whatever a boosted server's per-file limit; results are split and
     # re-encoded to stay under this (the JSON part needs a little room).
     max_request_bytes: int = Field(24 * MiB, ge=64 * 1024, le=25 * MiB - 256 * 1024)
+    # All requests to Discord together, per second: Discord's global limit is 50 (for every process of the bot).
+    max_requests_per_s: int = Field(40, ge=1, le=50)
     # For the end-to-end rig only: point discord.py at a fake Discord on loopback.
     api_base_url: HttpsUrl | None = None
     gateway_url: WssUrl | None = None
@@ -128,9 +130,18 @@ class LimitSettings(Section):
 
 
 class UiSettings(Section):
-    min_edit_interval_s: float = Field(2.0, ge=0)
     token_ttl_s: float = Field(15 * 60, gt=0, le=15 * 60, allow_inf_nan=False)
     token_margin_s: float = Field(60.0, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gone_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "min_edit_interval_s" in data:
+            raise ValueError(
+                "ui.min_edit_interval_s is gone: edits now follow each message's limit from Discord's headers and "
+                "discord.max_requests_per_s; delete the key"
+            )
+        return data
 
     @model_validator(mode="after")
     def _margin_inside_ttl(self) -> UiSettings:
@@ -186,6 +197,8 @@ class SafetySettings(Section):
 class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_prompts: bool = False
+    # The event loop is probed for stalls; one this long is logged as a warning (a blocking call on the loop).
+    loop_stall_warn_ms: float = Field(100.0, gt=0)
 
 
 class Settings(BaseSettings):

@@ -1,13 +1,17 @@
-"""Job progress to Discord messages: throttled edits, uploads within limits, channel routes once the token is gone."""
+"""Job progress to Discord messages: edits within each message's limit and the bot's request budget, results and
+new steps first, uploads within limits, channel routes once the token is gone. It never writes a job's state."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import heapq
 import io
+import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import cast
@@ -18,6 +22,7 @@ import discord
 from bot import images
 from bot.config import UiSettings
 from bot.models import Job, OutputFormat, utcnow
+from bot.pacing import Priority, RequestBudget, SlidingWindow, edit_window, prepaid, request_priority
 from bot.progress import DeliveryError, EmbedData, Reply, ResultFile, ResultPart
 from cogs.buttons import CancelButton
 
@@ -86,13 +91,15 @@ def to_files(files: Sequence[ResultFile]) -> list[discord.File]:
 
 @dataclass
 class _Editor:
-    """The one writer of one job's reply: keeps the newest wanted reply and the time of the last edit."""
+    """The one writer of one job's reply: the newest wanted reply, the one shown, and the reply's edit window."""
 
     job: Job
     wanted: Reply | None = None
     shown: Reply | None = None
-    last_edit: float = float("-inf")
-    task: asyncio.Task[None] | None = None
+    shown_at: float = float("-inf")
+    window: SlidingWindow = field(default_factory=SlidingWindow)
+    task: asyncio.Task[None] | None = None  # the one edit under way
+    due_at: float | None = None  # when it waits in the line of position updates: the moment it may go out
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -104,6 +111,7 @@ class DiscordNotifier:
         client: discord.Client,
         ui: UiSettings,
         *,
+        budget: RequestBudget,
         max_request_bytes: int = MAX_REQUEST_BYTES,
         monotonic: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utcnow,
@@ -111,11 +119,17 @@ class DiscordNotifier:
     ) -> None:
         self.client = client
         self.ui = ui
+        self.budget = budget
         self.max_request_bytes = max_request_bytes
         self.monotonic = monotonic
         self.now = now
         self.sleep = sleep
         self._editors: dict[str, _Editor] = {}
+        # Position updates wait here, by the moment they may go out: the stalest first, as the budget allows.
+        self._due: list[tuple[float, int, str]] = []
+        self._due_order = itertools.count()
+        self._due_changed = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
         self._dead_tokens: set[str] = set()
         # Jobs whose last text is out: a progress update computed before they ended must not land after it.
         self._ended: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -153,38 +167,54 @@ class DiscordNotifier:
             try:
                 # "@original" addresses the reply when its id is unknown (the defer answer lacked it)
                 message_id = cast(int, job.origin.message_id or "@original")
-                await self._webhook(job).edit_message(
-                    message_id,
-                    content=content,
-                    embed=embed,
-                    view=view,
-                    attachments=to_files(files) if replace_files else discord.utils.MISSING,
-                )
+                with self._editing(job):
+                    await self._webhook(job).edit_message(
+                        message_id,
+                        content=content,
+                        embed=embed,
+                        view=view,
+                        attachments=to_files(files) if replace_files else discord.utils.MISSING,
+                    )
                 return True
             except discord.HTTPException as exc:
                 if exc.status != 401 and exc.code not in TOKEN_ERRORS:
                     return self._gone_or_raise(job, exc)
                 log.info("job=%s interaction token expired; switching to the channel route", job.id)
                 self._dead_tokens.add(job.id)
+                if (editor := self._editors.get(job.id)) is not None:
+                    editor.window = SlidingWindow()  # the channel route is a bucket of its own
         if not via_channel:
             return False
         if job.origin.message_id is None:
             log.warning("job=%s reply id unknown after token expiry; cannot edit it", job.id)
             return False
         try:
-            await (
-                self._channel(job)
-                .get_partial_message(job.origin.message_id)
-                .edit(
-                    content=content,
-                    embed=embed,
-                    view=view,
-                    attachments=to_files(files) if replace_files else discord.utils.MISSING,
+            with self._editing(job):
+                await (
+                    self._channel(job)
+                    .get_partial_message(job.origin.message_id)
+                    .edit(
+                        content=content,
+                        embed=embed,
+                        view=view,
+                        attachments=to_files(files) if replace_files else discord.utils.MISSING,
+                    )
                 )
-            )
             return True
         except discord.HTTPException as exc:
             return self._gone_or_raise(job, exc)
+
+    @contextlib.contextmanager
+    def _editing(self, job: Job) -> Iterator[None]:
+        """One edit of the reply: it counts in the message's window, which learns from Discord's answer."""
+        editor = self._editors.get(job.id)
+        window = editor.window if editor is not None else SlidingWindow()
+        window.take(self.monotonic())
+        token = edit_window.set(window)
+        try:
+            yield
+        finally:
+            edit_window.reset(token)
 
     def _gone_or_raise(self, job: Job, exc: discord.HTTPException) -> bool:
         if isinstance(exc, discord.Forbidden) or exc.code in GONE_ERRORS or exc.status == 404:
@@ -199,88 +229,159 @@ class DiscordNotifier:
         while len(self._ended) > ENDED_MEMORY:
             self._ended.popitem(last=False)
 
-    async def update(self, job: Job, reply: Reply) -> None:
-        if job.id in self._ended:
-            return
+    def _editor(self, job: Job) -> _Editor:
         editor = self._editors.get(job.id)
         if editor is None:
             editor = self._editors[job.id] = _Editor(job=job)
         editor.job = job
+        return editor
+
+    async def update(self, job: Job, reply: Reply) -> None:
+        if job.id in self._ended:
+            return
+        editor = self._editor(job)
         editor.wanted = reply
-        if editor.wanted != editor.shown and (editor.task is None or editor.task.done()):
-            editor.task = asyncio.create_task(self._flush(editor), name=f"fluxpaint-edit-{job.id}")
+        self._schedule(editor)
+
+    def _schedule(self, editor: _Editor) -> None:
+        """When the wanted reply goes out: a new step at once (within the message's window), a new position when
+        the line of position updates reaches it."""
+        if editor.task is not None or editor.wanted is None or editor.wanted == editor.shown:
+            return  # an edit under way looks again when it ends
+        if editor.shown is None or editor.wanted.stage != editor.shown.stage:
+            editor.task = asyncio.create_task(
+                self._send(editor, Priority.STATE), name=f"fluxpaint-edit-{editor.job.id}"
+            )
             editor.task.add_done_callback(self._log_failure)
+        else:
+            # a job that moved forward may go sooner than planned: nearer the front, staleness counts for more
+            at = editor.shown_at + editor.wanted.refresh_s
+            if editor.due_at is None or at < editor.due_at:
+                self._queue(editor, at)
+
+    def _queue(self, editor: _Editor, at: float) -> None:
+        editor.due_at = at
+        heapq.heappush(self._due, (at, next(self._due_order), editor.job.id))
+        self._due_changed.set()
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = asyncio.create_task(self._dispatch(), name="fluxpaint-position-updates")
+            self._dispatcher.add_done_callback(self._log_failure)
 
     @staticmethod
     def _log_failure(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("edit task %s failed", task.get_name(), exc_info=exc)
 
-    async def _wait_turn(self, editor: _Editor) -> None:
-        delay = editor.last_edit + self.ui.min_edit_interval_s - self.monotonic()
-        if delay > 0:
-            await self.sleep(delay)
+    async def _dispatch(self) -> None:
+        """The one sender of position updates: the stalest due one whenever the budget has room, never more."""
+        while True:
+            editor = await self._next_due()
+            await self.budget.acquire(Priority.PROGRESS)
+            editor.due_at = None
+            if editor.task is not None or editor.wanted is None or editor.wanted == editor.shown:
+                self._schedule(editor)
+                continue
+            editor.task = asyncio.create_task(
+                self._send(editor, Priority.PROGRESS, paid=True), name=f"fluxpaint-edit-{editor.job.id}"
+            )
+            editor.task.add_done_callback(self._log_failure)
 
-    async def _flush(self, editor: _Editor) -> None:
-        while editor.wanted is not None and editor.wanted != editor.shown:
-            await self._wait_turn(editor)
+    async def _next_due(self) -> _Editor:
+        while True:
+            now = self.monotonic()
+            while self._due and self._due[0][0] <= now:
+                at, _, job_id = heapq.heappop(self._due)
+                editor = self._editors.get(job_id)
+                if editor is None or editor.due_at != at:
+                    continue  # gone, or queued again for another moment
+                if editor.task is not None or editor.wanted is None or editor.wanted == editor.shown:
+                    editor.due_at = None
+                    continue
+                ready = max(editor.shown_at + editor.wanted.refresh_s, editor.window.free_for(Priority.PROGRESS, now))
+                if ready > now:
+                    self._queue(editor, ready)
+                    continue
+                return editor
+            self._due_changed.clear()
+            timers: list[asyncio.Future[object]] = [asyncio.ensure_future(self._due_changed.wait())]
+            if self._due:
+                timers.append(asyncio.ensure_future(self.sleep(self._due[0][0] - now)))
+            try:
+                await asyncio.wait(timers, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for timer in timers:
+                    timer.cancel()
+
+    async def _send(self, editor: _Editor, priority: Priority, *, paid: bool = False) -> None:
+        """One edit of the job's reply to the newest wanted text, within the message's window."""
+        request_priority.set(priority)  # this task's own context: the budget's trace reads it
+        prepaid.set(paid)
+        try:
             async with editor.lock:
+                await self._in_window(editor, priority)
                 reply = editor.wanted
                 if reply is None or reply == editor.shown:
                     return
                 try:
                     reached = await self._edit_reply(editor.job, reply)
-                except discord.HTTPException as exc:
-                    editor.last_edit = self.monotonic()
-                    log.warning(
-                        "job=%s edit failed (%s %s); will retry with the next update",
-                        editor.job.id,
-                        exc.status,
-                        exc.code,
-                    )
+                except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    log.warning("job=%s edit failed (%s); the next update tries again", editor.job.id, describe(exc))
                     return
-                # counted from the answer: Discord sees the edits at least the interval apart, whatever the latency
-                editor.last_edit = self.monotonic()
-                editor.shown = reply
+                editor.shown, editor.shown_at = reply, self.monotonic()
                 if not reached:
                     editor.wanted = None
+        finally:
+            if editor.task is asyncio.current_task():
+                editor.task = None
+            if editor.job.id not in self._ended:
+                self._schedule(editor)
+
+    async def _settle(self, editor: _Editor) -> None:
+        """Let an edit under way finish rather than cancel it: discord.py's webhook adapter can keep its per-webhook
+        lock forever when a request is cancelled during its rate-limit sleep."""
+        if editor.task is not None and not editor.task.done() and editor.task is not asyncio.current_task():
+            await asyncio.wait([editor.task])
 
     async def forget(self, job_id: str) -> None:
         self._end(job_id)
         editor = self._editors.pop(job_id, None)
         self._dead_tokens.discard(job_id)
-        if editor is not None and editor.task is not None and editor.task is not asyncio.current_task():
-            await asyncio.wait([editor.task])  # the last wanted text (failed, cancelled) still goes out
+        if editor is not None:
+            await self._settle(editor)  # the last wanted text (failed, cancelled) still goes out
 
     async def close(self) -> None:
         tasks = [e.task for e in self._editors.values() if e.task is not None and not e.task.done()]
+        if self._dispatcher is not None:
+            tasks.append(self._dispatcher)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
 
+    async def _in_window(self, editor: _Editor, priority: Priority = Priority.RESULT) -> None:
+        delay = editor.window.free_for(priority, self.monotonic()) - self.monotonic()
+        if delay > 0:
+            await self.sleep(delay)
+
     # final texts
 
     async def finish(self, job: Job, reply: Reply) -> None:
         """The last text of a failed or cancelled job: edited in, retried, else posted anew; never raises."""
-        editor = self._editors.setdefault(job.id, _Editor(job=job))
-        editor.job, editor.wanted = job, None  # a stale "Generating…" must not land after this
+        editor = self._editor(job)
+        editor.wanted = None  # a stale "Generating…" must not land after this
         self._end(job.id)
-        if editor.task is not None and not editor.task.done() and editor.task is not asyncio.current_task():
-            await asyncio.wait([editor.task])
+        await self._settle(editor)
         async with editor.lock:
             for attempt in range(FINAL_TRIES):
-                await self._wait_turn(editor)
+                await self._in_window(editor)
                 try:
                     reached = await self._edit_reply(job, reply)
                 except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as exc:
                     log.warning("job=%s final edit failed (%s); try %d", job.id, describe(exc), attempt + 1)
-                    editor.last_edit = self.monotonic()
                     await self.sleep(FINAL_RETRY_S * (attempt + 1))
                     continue
-                editor.last_edit = self.monotonic()
                 if reached:
-                    editor.shown = reply
+                    editor.shown, editor.shown_at = reply, self.monotonic()
                     return
                 break
             # the reply cannot be edited (deleted, or the token is gone and its id unknown): say it anew
@@ -314,27 +415,23 @@ class DiscordNotifier:
 
     async def post(self, job: Job, part: ResultPart, *, maybe_posted: bool) -> int | None:
         """Post one part of the result (the first edits the reply while the token lives); the message id."""
-        editor = self._editors.setdefault(job.id, _Editor(job=job))
-        editor.job, editor.wanted = job, None  # a stale "Generating…" must not land after the result
-        if editor.task is not None and not editor.task.done():
-            # Let an edit under way finish rather than cancel it: discord.py's webhook adapter can keep its
-            # per-webhook lock forever when a request is cancelled during its rate-limit sleep.
-            await asyncio.wait([editor.task])
+        editor = self._editor(job)
+        editor.wanted = None  # a stale "Generating…" must not land after the result
+        await self._settle(editor)
         try:
             async with editor.lock:
-                await self._wait_turn(editor)
                 try:
-                    return await self._post_part(job, part, maybe_posted=maybe_posted)
+                    return await self._post_part(editor, part, maybe_posted=maybe_posted)
                 finally:
-                    editor.last_edit = self.monotonic()
-                    editor.shown = None
+                    editor.shown, editor.shown_at = None, self.monotonic()
         except discord.HTTPException as exc:
             transient = exc.status >= 500 or exc.status == 429
             raise DeliveryError(f"Discord answered {exc.status} ({exc.code})", transient=transient) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:  # discord.py lets network trouble through
             raise DeliveryError(f"Discord could not be reached ({type(exc).__name__})", transient=True) from exc
 
-    async def _post_part(self, job: Job, part: ResultPart, *, maybe_posted: bool) -> int | None:
+    async def _post_part(self, editor: _Editor, part: ResultPart, *, maybe_posted: bool) -> int | None:
+        job = editor.job
         origin = job.origin
         files = list(part.files)
         if part.index > 0:
@@ -344,10 +441,10 @@ class DiscordNotifier:
                 job, part.reply, files, mention=False, nonce=delivery_nonce(job.id, part.index)
             )
             return posted[1] if posted else None
-        if self._token_usable(job) and await self._edit_reply(
-            job, part.reply, files=files, final=True, via_channel=False
-        ):
-            return origin.message_id  # None only when the defer answer lacked it ("@original" was edited then)
+        if self._token_usable(job):
+            await self._in_window(editor)
+            if await self._edit_reply(job, part.reply, files=files, final=True, via_channel=False):
+                return origin.message_id  # None only when the defer answer lacked it ("@original" was edited then)
         # Past the token's life (by our clock or by Discord's 401) the member would not notice an edit: post
         # anew and mention them once, whichever call found the token dead.
         found = await self._find_posted(job, part) if maybe_posted else None

@@ -19,13 +19,14 @@ from bot.admin import GuildAdmin
 from bot.config import Settings
 from bot.downloads import fetch
 from bot.errors import RefusedError, UserFacingError, user_message
+from bot.eta import QueueEstimator
 from bot.fal import FalQueueClient
 from bot.fal_models import FalError, FalHandle, FalJobError, InpaintInput, fal_input
 from bot.files import JobFiles
 from bot.intake import MASK_FILE, Intake, day_start, input_file, month_start, result_file
 from bot.models import InpaintOptions, Job, JobState, Origin, Upload, utcnow
 from bot.policy import Action, Step, decide
-from bot.progress import JobNotifier, ResultFile, ResultPart, progress_reply, result_reply
+from bot.progress import JobNotifier, ResultFile, ResultPart, place, progress_reply, result_reply
 from bot.scheduler import CriticalSections
 from bot.store import JobStore
 from bot.store_schema import StaleJobError
@@ -75,6 +76,7 @@ class JobPipeline:
         self.sleep = sleep
         self.intake = Intake(settings=settings, store=store, admin=admin, files=files, session=session, clock=clock)
         self.critical = CriticalSections()
+        self.eta = QueueEstimator()
         self._watches: dict[str, asyncio.Task[Job]] = {}
         self._cancel_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -180,6 +182,8 @@ class JobPipeline:
         job.queue_position = status.queue_position
         job.submitted_at = self.clock()
         job.retry_at = None
+        if status.queue_position is not None and status.status == "IN_QUEUE":
+            self.eta.queued(job.id, status.queue_position)
         job = await self._save(job, JobState.RUNNING if status.status == "IN_PROGRESS" else JobState.QUEUED)
         log.info(
             "job=%s guild=%s user=%s submitted request=%s",
@@ -244,6 +248,7 @@ class JobPipeline:
             return await self._reread(job)
         finally:
             self._watches.pop(job.id, None)
+        self.eta.finished(job.id)
         return await self._fetch(job, handle)
 
     async def _watch(self, job: Job, handle: FalHandle) -> Job:
@@ -254,10 +259,20 @@ class JobPipeline:
                         return job
                     state = JobState.RUNNING if status.status == "IN_PROGRESS" else JobState.QUEUED
                     position = status.queue_position if state is JobState.QUEUED else None
-                    if (state, position) != (job.state, job.queue_position):
-                        job.queue_position = position
+                    if (state, position) == (job.state, job.queue_position):
+                        continue
+                    same_step = state is job.state
+                    shown_place = _place(job.queue_position)
+                    job.queue_position = position  # shown, not saved: a position is not worth a write
+                    if not same_step:
                         job = await self._save(job, state)
-                        await self._show(job)
+                    if state is JobState.RUNNING:
+                        self.eta.running(job.id)
+                    elif position is not None:
+                        self.eta.queued(job.id, position)
+                    if same_step and _place(position) == shown_place:
+                        continue  # 483 → 482 both read "about 480th": nothing to show, nothing to compute
+                    await self._show(job)
                 raise FalJobError("fal stopped reporting on this job before it finished.")
             except StaleJobError:
                 raise
@@ -389,6 +404,7 @@ class JobPipeline:
         Raises:
             StaleJobError: the job moved on meanwhile; nothing was written.
         """
+        self.eta.forget(job.id)
         job.cancel_requested_by = user_id
         if billed and job.cost_usd is None:
             job.cost_usd = job.cost_estimate_usd
@@ -439,9 +455,13 @@ class JobPipeline:
         return await self.store.get(job.id) or job
 
     async def _show(self, job: Job) -> None:
-        await self.notifier.update(job, progress_reply(job))
+        eta_s = None
+        if job.state is JobState.QUEUED and job.queue_position is not None:
+            eta_s = self.eta.eta_s(job.queue_position)
+        await self.notifier.update(job, progress_reply(job, eta_s=eta_s))
 
     async def _fail(self, job: Job, message: str, *, billed: bool) -> Job:
+        self.eta.forget(job.id)
         job.error = message
         if billed and job.cost_usd is None:
             job.cost_usd = job.cost_estimate_usd
@@ -476,3 +496,7 @@ class JobPipeline:
                 cancel_url=job.cancel_url,
             )
         return self.fal.handle_for(job.request_id)
+
+
+def _place(position: int | None) -> str | None:
+    return None if position is None else place(position)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from discord.utils import escape_markdown, escape_mentions  # pure text functions, no Discord objects
@@ -13,6 +13,11 @@ from bot.models import Job, JobState
 CANCEL_PREFIX = "fp:cancel:"
 MAX_CONTENT = 2000
 PROMPT_PREVIEW = 120
+
+EXACT_POSITIONS = 10  # up to here a position is shown as it is; further back it is rounded
+REFRESH_S_PER_PLACE = 0.5  # a progress-only text far back may stay this many seconds stale per place in line
+MAX_REFRESH_S = 300.0
+MAX_ETA_S = 6 * 3600  # past this an estimate says nothing worth reading
 
 COLOUR_OK = 0x57F287
 COLOUR_FAILED = 0xED4245
@@ -35,6 +40,10 @@ class Reply:
     content: str
     embed: EmbedData | None = None
     cancel_button: bool = False
+    # Not part of what is seen: which step the job is at (a new one is shown at once, a new position may wait) and
+    # how long a text that only moved a job's position may stay unshown.
+    stage: str = field(default="", compare=False)
+    refresh_s: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,44 @@ def summary_line(job: Job) -> str:
     return f"“{_preview(opts.prompt)}” · {images}{size}{cost}"
 
 
-def status_line(job: Job, *, line_position: int | None = None, held: str | None = None) -> str:
+def ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def place(position: int) -> str:
+    """fal's queue position as a member reads it: exact near the front, rounder the further back."""
+    if position <= EXACT_POSITIONS:
+        return f"position {position}" + (" (next up)" if position == 0 else "")
+    step = 5 if position < 100 else 10 if position < 1000 else 100
+    return f"about {ordinal(max(step, round(position / step) * step))} in line"
+
+
+def refresh_s(position: int | None) -> float:
+    """How long a text that only moved a job's position may wait: not at all near the front, longer further back."""
+    if position is None or position <= EXACT_POSITIONS:
+        return 0.0
+    return min(MAX_REFRESH_S, position * REFRESH_S_PER_PLACE)
+
+
+def eta_text(seconds: float | None) -> str:
+    """An estimate in words, rounded so that it changes rarely; empty when there is none worth showing."""
+    if seconds is None or seconds < 0 or seconds > MAX_ETA_S:
+        return ""
+    if seconds < 60:
+        return "under a minute"
+    minutes = seconds / 60
+    if minutes < 10:
+        return f"about {round(minutes)} min"
+    if minutes < 60:
+        return f"about {round(minutes / 5) * 5} min"
+    hours = round(minutes / 30) / 2
+    return f"about {hours:g} h"
+
+
+def status_line(
+    job: Job, *, line_position: int | None = None, held: str | None = None, eta_s: float | None = None
+) -> str:
     if held is not None and job.state is JobState.WAITING:
         return f"⏸️ On hold: {held} Your job stays in line until that changes."
     match job.state:
@@ -122,10 +168,9 @@ def status_line(job: Job, *, line_position: int | None = None, held: str | None 
         case JobState.SUBMITTING:
             return "📨 Sending to fal…"
         case JobState.QUEUED:
-            if job.queue_position is None:
-                return "🕒 Queued at fal"
-            suffix = " (next up)" if job.queue_position == 0 else ""
-            return f"🕒 Queued at fal: position {job.queue_position}{suffix}"
+            where = "" if job.queue_position is None else f": {place(job.queue_position)}"
+            eta = eta_text(eta_s)
+            return f"🕒 Queued at fal{where}" + (f" · {eta}" if eta else "")
         case JobState.RUNNING:
             return "🎨 Generating…"
         case JobState.FETCHED | JobState.DELIVERING:
@@ -138,13 +183,17 @@ def status_line(job: Job, *, line_position: int | None = None, held: str | None 
             return "🚫 Cancelled."
 
 
-def progress_reply(job: Job, *, line_position: int | None = None, held: str | None = None) -> Reply:
+def progress_reply(
+    job: Job, *, line_position: int | None = None, held: str | None = None, eta_s: float | None = None
+) -> Reply:
     """The reply while a job is unfinished, or its text once it failed or was cancelled."""
-    lines = [status_line(job, line_position=line_position, held=held), summary_line(job)]
+    lines = [status_line(job, line_position=line_position, held=held, eta_s=eta_s), summary_line(job)]
     lines.extend(f"ℹ️ {note}" for note in job.notes)
     content = "\n".join(lines)[:MAX_CONTENT]
     cancellable = job.state in (JobState.WAITING, JobState.SUBMITTING, JobState.QUEUED, JobState.RUNNING)
-    return Reply(content=content, cancel_button=cancellable)
+    stage = f"{job.state.value}:held" if held is not None and job.state is JobState.WAITING else job.state.value
+    position = job.queue_position if job.state is JobState.QUEUED else line_position
+    return Reply(content=content, cancel_button=cancellable, stage=stage, refresh_s=refresh_s(position))
 
 
 def result_reply(job: Job, *, elapsed_s: float, withheld: int, notes: Sequence[str] = ()) -> Reply:

@@ -46,12 +46,15 @@ async def make_rig(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[MakeRig
         discord: dict[str, Any] | None = None,
         fal: dict[str, Any] | None = None,
         fal_settings: dict[str, Any] | None = None,
+        discord_settings: dict[str, Any] | None = None,
         start: bool = True,
         **sections: Any,
     ) -> BotRig:
-        """``discord`` and ``fal`` are knobs of the fakes; ``fal_settings`` and ``sections`` override Settings."""
+        """``discord`` and ``fal`` are knobs of the fakes; ``*_settings`` and ``sections`` override Settings."""
         if fal_settings:
             sections["fal"] = fal_settings
+        if discord_settings:
+            sections["discord"] = discord_settings
         fake_discord = await start_fake_discord(aiohttp_server, **(discord or {}))
         fake_fal = await start_fake_fal(aiohttp_server, **(fal or {}))
         rig = BotRig(fake_discord, fake_fal, make_settings(tmp_path / "data", fake_discord, fake_fal, **sections))

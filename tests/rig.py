@@ -55,7 +55,6 @@ def make_settings(data_dir: Path, discord: FakeDiscord, fal: FakeFal, /, **secti
             "submit_timeout_s": 5,
             "request_timeout_s": 5,
         },
-        "ui": {"min_edit_interval_s": 0.2},
         "storage": {"data_dir": str(data_dir)},
     }
     return Settings(**_merge(base, sections))

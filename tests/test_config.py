@@ -168,10 +168,10 @@ def test_check_config_reports_every_bad_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("DISCORD_TOKEN", "t")
-    path = write(tmp_path, '[fal]\nkey="k"\ntypo = 1\n[ui]\nmin_edit_interval_s = -2\n')
+    path = write(tmp_path, '[fal]\nkey="k"\ntypo = 1\n[ui]\ntoken_ttl_s = -2\n')
     assert main(["--config", str(path), "check-config"]) == 2
     err = capsys.readouterr().err
-    assert "fal.typo: unknown key" in err and "ui.min_edit_interval_s" in err
+    assert "fal.typo: unknown key" in err and "ui.token_ttl_s" in err
 
 
 def test_example_config_is_complete_and_valid(monkeypatch: pytest.MonkeyPatch) -> None:

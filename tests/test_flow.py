@@ -34,9 +34,7 @@ def shown_texts(rig, interaction) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 async def test_happy_path_shows_positions_and_posts_images(make_rig: MakeRig) -> None:
-    rig = await make_rig(
-        fal={"positions": [3, 2, 1, 0]}, ui={"min_edit_interval_s": 0}, discord={"edit_rate": (50, 5.0)}
-    )
+    rig = await make_rig(fal={"positions": [3, 2, 1, 0]}, discord={"edit_rate": (50, 5.0)})
     interaction = await rig.inpaint(
         COFFEE,
         COFFEE_MASK,

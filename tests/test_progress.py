@@ -4,7 +4,7 @@ import pytest
 
 from bot.delivery import batches
 from bot.models import InpaintOptions, Job, JobState, Origin
-from bot.progress import ResultFile, progress_reply, result_reply
+from bot.progress import ResultFile, eta_text, place, progress_reply, refresh_s, result_reply
 
 
 def make_job(**changes: object) -> Job:
@@ -78,3 +78,56 @@ def test_batches_respect_ten_files_and_request_size() -> None:
     assert [len(b) for b in batches(files)] == [10, 2]
     big = [ResultFile(f"{i}.png", b"x" * 9) for i in range(3)]
     assert [len(b) for b in batches(big, max_bytes=20)] == [2, 1]
+
+
+@pytest.mark.parametrize(
+    ("position", "text"),
+    [
+        (0, "position 0 (next up)"),
+        (7, "position 7"),
+        (10, "position 10"),
+        (11, "about 10th in line"),
+        (22, "about 20th in line"),
+        (23, "about 25th in line"),
+        (113, "about 110th in line"),
+        (483, "about 480th in line"),
+        (1251, "about 1300th in line"),
+    ],
+)
+def test_positions_are_exact_near_the_front_and_rounder_further_back(position: int, text: str) -> None:
+    assert place(position) == text
+
+
+def test_positions_far_back_may_wait_longer_for_an_edit() -> None:
+    assert refresh_s(None) == refresh_s(3) == refresh_s(10) == 0.0
+    assert 0 < refresh_s(40) < refresh_s(480) <= refresh_s(100_000) == 300.0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (None, ""),
+        (-1.0, ""),
+        (42.0, "under a minute"),
+        (6 * 60 + 10, "about 6 min"),
+        (23 * 60, "about 25 min"),
+        (100 * 60, "about 1.5 h"),
+        (7 * 3600, ""),  # past six hours an estimate says nothing worth reading
+    ],
+)
+def test_estimates_are_rounded_words_or_nothing(seconds: float | None, text: str) -> None:
+    assert eta_text(seconds) == text
+
+
+def test_a_reply_says_its_step_so_a_new_one_goes_first() -> None:
+    queued = progress_reply(make_job(state=JobState.QUEUED, queue_position=483), eta_s=6 * 60)
+    assert "Queued at fal: about 480th in line · about 6 min" in queued.content
+    assert queued.stage == "queued" and queued.refresh_s > 0
+    running = progress_reply(make_job(state=JobState.RUNNING))
+    assert running.stage == "running" and running.refresh_s == 0
+    held = progress_reply(make_job(state=JobState.WAITING), held="The bot is paused here.")
+    assert held.stage == "waiting:held"
+    # what is compared is what a member sees: the step and the refresh time are not part of it
+    assert progress_reply(make_job(state=JobState.QUEUED, queue_position=483)) == progress_reply(
+        make_job(state=JobState.QUEUED, queue_position=481)
+    )

@@ -67,7 +67,7 @@ async def test_an_integer_option_above_int53_is_refused_as_discord_does(make_rig
 
 
 async def test_a_whole_inpaint_job_sends_nothing_either_service_refuses(make_rig: MakeRig) -> None:
-    rig = await make_rig(fal={"positions": [1, 0]}, ui={"min_edit_interval_s": 0}, discord={"edit_rate": (50, 5.0)})
+    rig = await make_rig(fal={"positions": [1, 0]}, discord={"edit_rate": (50, 5.0)})
     interaction = await rig.inpaint(COFFEE, COFFEE_MASK, num_images=2, output_format="png", seed=7)
     final = await rig.wait_text(interaction, "Inpainted", timeout=30)
 

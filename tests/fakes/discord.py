@@ -9,7 +9,8 @@ Start it with pytest-aiohttp and point discord.py at it (restored by monkeypatch
 
 Members act through ``slash``, ``click`` and ``submit_modal``; tests wait with ``wait_for`` and read
 ``requests``, ``messages_in``, ``edits_of`` and ``FakeInteraction.original()``. ``unknown_routes`` lists every
-request the fake could not route, so a test can assert the bot called nothing unexpected.
+request the fake could not route, so a test can assert the bot called nothing unexpected. Discord's global limit
+(``global_rate``) answers a global 429; ``rate_stats()`` measures the request rates a test or benchmark produced.
 
 Every JSON body (and multipart ``payload_json``) and query parameter is checked against Discord's published
 OpenAPI spec, kept to the docs where they are stricter and relaxed where Discord takes what the spec refuses
@@ -140,6 +141,45 @@ def refusal(problems: Iterable[FormError]) -> ApiError:
             node = node.setdefault(str(key), {})
         node.setdefault("_errors", []).append({"code": code, "message": message})
     return ApiError(400, "Invalid Form Body", 50035, errors=errors)
+
+
+def exempt_from_global(path: str) -> bool:
+    """Whether Discord leaves this request out of the bot's global limit: the interaction endpoints (the callback and
+    the ``/webhooks/{app}/{token}`` family) are exempt [docs rate-limits], and so is all that is not the API (the
+    fake's CDN downloads, the gateway)."""
+    if not path.startswith(API + "/"):
+        return True
+    route = path.removeprefix(API)
+    return bool(re.fullmatch(r"/interactions/[^/]+/[^/]+/callback|/webhooks/[^/]+/[^/]+(/.*)?", route))
+
+
+@dataclass
+class SlidingWindow:
+    """At most ``limit`` accepted requests in any ``window_s``; ``now`` is passed in, so tests choose the times."""
+
+    limit: int
+    window_s: float
+    accepted: deque[float] = field(default_factory=deque)
+
+    def admit(self, now: float) -> float | None:
+        """None when the request is accepted (and counted); else the seconds until one is (3 decimals, > 0), and the
+        refused request is not counted."""
+        while self.accepted and now - self.accepted[0] >= self.window_s:
+            self.accepted.popleft()
+        if len(self.accepted) >= self.limit:
+            return max(0.001, round(self.accepted[0] + self.window_s - now, 3))
+        self.accepted.append(now)
+        return None
+
+
+def peak_in_window(times: list[float], window_s: float = 1.0) -> int:
+    """The most of the sorted ``times`` inside any half-open window of ``window_s``, by a two-pointer sweep."""
+    peak, first = 0, 0
+    for last, moment in enumerate(times):
+        while moment - times[first] >= window_s:
+            first += 1
+        peak = max(peak, last - first + 1)
+    return peak
 
 
 class InvocationError(Exception):
@@ -321,6 +361,42 @@ class RecordedRequest:
     query: dict[str, str] = field(default_factory=dict)
     files: tuple[str, ...] = ()
     error: dict[str, Any] | None = None  # the error body of a refusal (``errors`` holds Discord's nested problems)
+    # the lambda reaches the time module, which the ``time`` field hides in the class body
+    real_time: float = field(default_factory=lambda: time.monotonic())  # when recorded, whatever ``clock`` is
+    exempt: bool = False  # left out of the global limit (interaction routes, CDN): see exempt_from_global
+
+
+@dataclass(frozen=True)
+class RateStats:
+    """Request rates over a span of real time; peaks are the most requests in any sliding 1-second window."""
+
+    total: int
+    peak_per_s: int  # every route
+    peak_global_per_s: int  # only the routes the global limit counts
+    mean_per_s: float
+    rate_limited: int  # 429 answers, global or per route
+
+
+def measure_rates(
+    requests: Iterable[RecordedRequest], since: float | None = None, until: float | None = None
+) -> RateStats:
+    """``RateStats`` of the requests recorded within [since, until] (``real_time``). The mean divides by that span,
+    or by first..last request where a bound is not given; a span of zero counts as one second."""
+    chosen = [
+        r for r in requests if (since is None or r.real_time >= since) and (until is None or r.real_time <= until)
+    ]
+    times = sorted(r.real_time for r in chosen)
+    if not times:
+        return RateStats(total=0, peak_per_s=0, peak_global_per_s=0, mean_per_s=0.0, rate_limited=0)
+    start = times[0] if since is None else since
+    span = (times[-1] if until is None else until) - start
+    return RateStats(
+        total=len(times),
+        peak_per_s=peak_in_window(times),
+        peak_global_per_s=peak_in_window(sorted(r.real_time for r in chosen if not r.exempt)),
+        mean_per_s=len(times) / span if span > 0 else float(len(times)),
+        rate_limited=sum(1 for r in chosen if r.status == 429),
+    )
 
 
 @dataclass
@@ -348,6 +424,7 @@ class FakeDiscord:
         token_ttl_s: float = 900,
         first_response_deadline_s: float = 3.0,
         edit_rate: tuple[int, float] = (5, 5.0),
+        global_rate: tuple[int, float] | None = (50, 1.0),
         upload_limit_bytes: int = 10 * 1024 * 1024,
         clock: Callable[[], float] = time.monotonic,
         ratelimit_headers: bool = True,
@@ -361,10 +438,14 @@ class FakeDiscord:
     ) -> None:
         """``edit_rate`` is (edits, window_s) per message id over every PATCH route, measured in real time
         because discord.py sleeps in real time before retrying a 429. With ``ratelimit_headers`` successful
-        edits carry X-RateLimit-* so discord.py paces itself; without them every excess edit gets a 429."""
+        edits carry X-RateLimit-* so discord.py paces itself; without them every excess edit gets a 429.
+        ``global_rate`` is (requests, window_s) for the bot's global limit over every route it counts (not the
+        interaction callback, the ``/webhooks/{app}/{token}`` family or the CDN), also in real time: the next
+        request gets a global 429 and is not counted. None turns the limit off."""
         self.token_ttl_s = token_ttl_s
         self.first_response_deadline_s = first_response_deadline_s
         self.edit_rate = edit_rate
+        self.global_rate = global_rate
         self.upload_limit_bytes = upload_limit_bytes
         self.clock = clock
         self.ratelimit_headers = ratelimit_headers
@@ -431,6 +512,7 @@ class FakeDiscord:
         self._ids = itertools.count(1)
         self._by_token: dict[str, FakeInteraction] = {}
         self._edit_windows: dict[int, deque[float]] = {}
+        self._global_window: SlidingWindow | None = None
         self._edit_times: dict[int, list[float]] = {}
         self._nonces: dict[tuple[int, str], int] = {}
         self._changed = asyncio.Condition()
@@ -513,7 +595,10 @@ class FakeDiscord:
             if request.transport is None or request.transport.is_closing():
                 return web.Response(status=499)  # the sender is gone: Discord never acted on it
         error: dict[str, Any] | None = None
+        exempt = exempt_from_global(request.path)
         try:
+            if not exempt:
+                self._count_global()  # before any other check: Discord counts whatever reaches it
             if self.validate and (problems := self._operation(request).query_problems(request.query)):
                 raise refusal(problems)
             response = await handler(request)
@@ -543,6 +628,8 @@ class FakeDiscord:
                 query=dict(request.query),
                 files=tuple(request.get(BODY_FILES, ())),
                 error=error,
+                real_time=time.monotonic(),
+                exempt=exempt,
             )
         )
         await self._notify()
@@ -584,6 +671,15 @@ class FakeDiscord:
     @property
     def rate_limited(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.status == 429]
+
+    @property
+    def global_limited(self) -> list[RecordedRequest]:
+        """The 429s of the global limit (``rate_limited`` also lists the per-route ones)."""
+        return [r for r in self.rate_limited if (r.error or {}).get("global") is True]
+
+    def rate_stats(self, since: float | None = None, until: float | None = None) -> RateStats:
+        """Request rates within [since, until] in real time (``time.monotonic()``, as ``RecordedRequest.real_time``)."""
+        return measure_rates(self.requests, since, until)
 
     @property
     def refused(self) -> list[RecordedRequest]:
@@ -1421,6 +1517,25 @@ class FakeDiscord:
         if not self.ratelimit_headers:
             return {}
         return self._ratelimit_headers(limit, limit - len(window), window[0] + window_s - now, bucket_hash)
+
+    def _count_global(self) -> None:
+        """Enforce ``global_rate`` on a request the global limit counts.
+
+        Raises: ApiError 429 with ``global: true`` once the window is full."""
+        if self.global_rate is None:
+            return
+        limit, window_s = self.global_rate
+        window = self._global_window
+        if window is None or (window.limit, window.window_s) != (limit, window_s):  # the knob was changed
+            window = self._global_window = SlidingWindow(limit, window_s)
+        retry_after = window.admit(time.monotonic())  # real time, as in _count_edit
+        if retry_after is None:
+            return
+        message = "You are being rate limited."
+        headers = {"Retry-After": str(math.ceil(retry_after)), "X-RateLimit-Global": "true"}
+        headers |= {"X-RateLimit-Scope": "global", "Via": "1.1 google"}  # without Via discord.py sees a Cloudflare ban
+        body = {"message": message, "retry_after": retry_after, "global": True}
+        raise ApiError(429, message, body=body, headers=headers)
 
     @staticmethod
     def _ratelimit_headers(limit: int, remaining: int, reset_after: float, bucket_hash: str) -> dict[str, str]:
