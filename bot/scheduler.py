@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bot.models import Job, JobState, utcnow
+from bot.models import Job, utcnow
 
 if TYPE_CHECKING:
     from bot.pipeline import JobPipeline
@@ -137,14 +137,13 @@ class Scheduler:
 
     async def fill(self) -> None:
         """One pass: start what fits, tell the rest where they stand."""
-        unfinished = await self.store.list_unfinished()
+        waiting_jobs, active = await self.store.waiting_line()
         now = self.clock()
-        at_fal = [job for job in unfinished if job.at_fal]
         ready: list[Job] = []
         later: list[float] = []
         refusals: dict[tuple[int | None, int], str | None] = {}  # one look per member, not per job
-        for job in unfinished:
-            if job.state is not JobState.WAITING or job.id in self._tasks:
+        for job in waiting_jobs:
+            if job.id in self._tasks:
                 continue
             member = (job.origin.guild_id, job.origin.user_id)
             if member not in refusals:
@@ -156,9 +155,8 @@ class Scheduler:
                 ready.append(job)  # keeps its place in the line, but does not start yet
             else:
                 ready.append(job)
-        active = Counter(job.origin.user_id for job in at_fal)
         line = fair_order(ready, active, self._served)
-        free = self.max_concurrent - len(at_fal) - self._starting(unfinished)
+        free = self.max_concurrent - sum(active.values()) - self._starting(waiting_jobs)
         waiting: list[Job] = []
         for job in line:
             if free > 0 and not (job.retry_at is not None and job.retry_at > now):
@@ -173,9 +171,9 @@ class Scheduler:
         if later:
             self._wake_in(min(later))
 
-    def _starting(self, unfinished: Sequence[Job]) -> int:
+    def _starting(self, waiting: Sequence[Job]) -> int:
         # jobs whose task runs but whose row still says waiting hold a slot too
-        return sum(1 for job in unfinished if job.state is JobState.WAITING and job.id in self._tasks)
+        return sum(1 for job in waiting if job.id in self._tasks)
 
     async def close(self) -> None:
         """Stop starting jobs and cancel the job tasks; their rows stay as they are for the next start."""

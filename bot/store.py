@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -239,6 +240,16 @@ class JobStore:
     async def list_unfinished(self) -> list[Job]:
         """Every job not done, failed or cancelled, oldest first."""
         return await self._jobs(f"state IN {sql_in(UNFINISHED_STATES)}")
+
+    async def waiting_line(self) -> tuple[list[Job], Counter[int]]:
+        """The jobs waiting in the bot's line, oldest first, and how many jobs each member has at fal: what the
+        scheduler reads at every pass, without loading every job at fal (a thousand cost the loop ~20 ms)."""
+        waiting = await self._jobs("state = ?", (JobState.WAITING.value,))
+        at_fal = [state for state in JobState if state.at_fal]
+        rows = await self._fetchall(
+            f"SELECT user_id, COUNT(*) FROM jobs WHERE state IN {sql_in(at_fal)} GROUP BY user_id"
+        )
+        return waiting, Counter({int(user_id): int(count) for user_id, count in rows})
 
     async def count_unfinished(self, user_id: int) -> int:
         """The member's jobs not done, failed or cancelled, those still being checked included."""

@@ -20,7 +20,8 @@ def reply_texts(requests: list[RecordedRequest], message_id: int) -> list[str]:
 
 
 async def test_a_job_far_back_shows_a_round_place_and_is_not_edited_for_every_move(make_rig: MakeRig) -> None:
-    rig = await make_rig(fal={"hold": True, "positions": [483, 470, 12, 3]})
+    # a roomy edit window (learnt from the headers), so only the refresh time can hold an update back
+    rig = await make_rig(fal={"hold": True, "positions": [483, 470, 12, 3]}, discord={"edit_rate": (50, 5.0)})
     interaction = await rig.inpaint(COFFEE, COFFEE_MASK)
     reply = await rig.wait_text(interaction, "about 480th in line")
     (request_id,) = rig.fal.jobs

@@ -77,8 +77,13 @@ def make_pipeline(*, refusal: str | None = None) -> Any:
 
 
 def make_store(*answers: Any) -> Any:
+    """A store whose line reads give ``answers`` in turn: lists of unfinished jobs, or exceptions to raise."""
+
+    def line(jobs: list[Job]) -> tuple[list[Job], Counter[int]]:
+        return [j for j in jobs if j.state is JobState.WAITING], Counter(j.origin.user_id for j in jobs if j.at_fal)
+
     store = create_autospec(JobStore, instance=True)
-    store.list_unfinished.side_effect = list(answers)
+    store.waiting_line.side_effect = [a if isinstance(a, BaseException) else line(a) for a in answers]
     return store
 
 
@@ -137,7 +142,7 @@ async def test_the_line_survives_a_pass_that_fails() -> None:
     scheduler.begin()
     await asyncio.wait_for(pipeline.started.wait(), 5)
 
-    assert store.list_unfinished.await_count == 2
+    assert store.waiting_line.await_count == 2
     assert started_users(pipeline) == [1]
     await scheduler.close()
 

@@ -222,6 +222,27 @@ async def test_list_unfinished_is_oldest_first_and_skips_finished(store: JobStor
     assert [j.id for j in await store.list_unfinished()] == [early.id, middle.id, late.id]
 
 
+async def test_the_waiting_line_holds_waiting_jobs_and_counts_the_rest_at_fal_by_member(store: JobStore) -> None:
+    second = make_job(1, state=JobState.WAITING, created_at=T0 + timedelta(minutes=1))
+    first = make_job(2, state=JobState.WAITING, created_at=T0)
+    at_fal = [
+        make_job(1, state=JobState.QUEUED),
+        make_job(1, state=JobState.RUNNING),
+        make_job(3, state=JobState.SUBMITTING),
+    ]
+    others = [
+        make_job(4, state=JobState.FETCHED),
+        make_job(4, state=JobState.DONE),
+        make_job(4, state=JobState.ACCEPTED),
+    ]
+    for job in [second, first, *at_fal, *others]:
+        await store.create(job)
+
+    waiting, active = await store.waiting_line()
+    assert [j.id for j in waiting] == [first.id, second.id]
+    assert active == {1: 2, 3: 1}
+
+
 async def test_counts(store: JobStore) -> None:
     for user, state in [
         (1, JobState.ACCEPTED),
