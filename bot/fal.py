@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import random
@@ -199,7 +200,8 @@ class FalQueueClient:
             FalTransientError: fal could not be reached or did not accept the job; nothing was sent.
         """
         url = f"{self._settings.base_url}/{self._settings.endpoint}"
-        body = payload.to_wire()
+        # megabytes of data URIs: encoded off the event loop, like every other byte-crunching step
+        body = await asyncio.to_thread(_json_bytes, payload)
         # fal drops a job that has not started by then (504, timeout type "user"); the bot's own deadline covers
         # the run as well and cancels the job at fal when it passes
         deadline = {"X-Fal-Request-Timeout": str(math.ceil(self._settings.job_timeout_s))}
@@ -208,7 +210,14 @@ class FalQueueClient:
         for attempt in range(self._settings.max_retries + 1):
             retry_after = None
             try:
-                reply = await self._send("POST", url, json_body=body, client_timeout=timeout, extra_headers=deadline)
+                reply = await self._send(
+                    "POST",
+                    url,
+                    data=body,
+                    content_type="application/json",
+                    client_timeout=timeout,
+                    extra_headers=deadline,
+                )
             except aiohttp.ClientSSLError as exc:
                 raise FalNotTakenError("fal's TLS certificate was not accepted, so the job was not sent.") from exc
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
@@ -471,3 +480,7 @@ class FalQueueClient:
         if not reply.ok:
             raise FalTransientError(f"fal's storage refused the upload (HTTP {reply.status}).")
         return slot.file_url
+
+
+def _json_bytes(payload: InpaintInput) -> bytes:
+    return json.dumps(payload.to_wire(), separators=(",", ":")).encode()
