@@ -198,7 +198,7 @@ class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_prompts: bool = False
     # The event loop is probed for stalls; one this long is logged as a warning (a blocking call on the loop).
-    loop_stall_warn_ms: float = Field(100.0, gt=0)
+    loop_stall_warn_ms: float = Field(100.0, gt=0, allow_inf_nan=False)
 
 
 class Settings(BaseSettings):

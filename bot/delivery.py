@@ -125,6 +125,7 @@ class DiscordNotifier(ReplyEditor):
         """Post one part of the result (the first edits the reply while the token lives); the message id."""
         editor = self._editor(job)
         editor.wanted = None  # a stale "Generating…" must not land after the result
+        self._end(job.id)  # nor one computed later
         await self._settle(editor)
         try:
             async with editor.lock:

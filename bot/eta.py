@@ -33,6 +33,8 @@ class _Track:
 
 
 class QueueEstimator:
+    """Told what fal reports for each job, it says how long a job at a given position will still take."""
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._tracks: dict[str, _Track] = {}
@@ -60,7 +62,7 @@ class QueueEstimator:
         if (track := self._tracks.pop(job_id, None)) is not None:
             track.last_s, track.last_position = now, -1  # it reached the front: one place past position 0
             self._finished_tracks.append((now, track))
-        self._started.setdefault(job_id, now)
+        self._started[job_id] = now  # a job sent back to the queue and started again counts from now
 
     def finished(self, job_id: str) -> None:
         """fal completed ``job_id``."""

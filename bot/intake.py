@@ -82,8 +82,9 @@ class Intake:
 
     # checks without a download
 
-    async def check(self, options: InpaintOptions, origin: Origin) -> InpaintOptions:
-        """The options as they will run, or why the member may not run them now.
+    async def check(self, options: InpaintOptions, origin: Origin, *, pending: int = 0) -> InpaintOptions:
+        """The options as they will run, or why the member may not run them now; ``pending``: the member's commands
+        checked already whose jobs are not stored yet.
 
         Raises:
             RefusedError: access, a ban or pause, the per-member cap, a blocked term or a spent budget.
@@ -94,7 +95,7 @@ class Intake:
         if (reason := self.admin.refusal_in(origin.guild_id, facts)) is not None:
             raise RefusedError(reason)
         options = self._effective_options(options, origin)
-        if facts.unfinished >= self.settings.limits.max_jobs_per_user:
+        if facts.unfinished + pending >= self.settings.limits.max_jobs_per_user:
             raise RefusedError(self.cap_text())
         user_daily, guild_monthly = (
             (None, None) if self._exempt(origin) else self.admin.budgets_in(origin.guild_id, facts.settings)

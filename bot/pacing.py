@@ -11,15 +11,12 @@ import contextvars
 import enum
 import heapq
 import itertools
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import SimpleNamespace
 
 import aiohttp
-
-log = logging.getLogger(__name__)
 
 EDITS_PER_WINDOW = 5  # Discord's per-message edit limit when no header has said otherwise: 5 per 5 s
 EDIT_WINDOW_S = 5.0
@@ -183,6 +180,9 @@ def budget_trace(budget: RequestBudget, clock: Callable[[], float] = time.monoto
             prepaid.set(False)  # the notifier took the room for this one already
         else:
             await budget.acquire(request_priority.get())
+        window = edit_window.get()
+        if window is not None and params.method == "PATCH":
+            window.take(clock())  # counted as it leaves, after any wait for the budget
 
     async def on_end(
         _session: aiohttp.ClientSession, _ctx: SimpleNamespace, params: aiohttp.TraceRequestEndParams

@@ -26,7 +26,7 @@ from bot.files import JobFiles
 from bot.intake import MASK_FILE, Intake, day_start, input_file, month_start, result_file
 from bot.models import InpaintOptions, Job, JobState, Origin, Upload, utcnow
 from bot.policy import Action, Step, decide
-from bot.progress import JobNotifier, ResultFile, ResultPart, place, progress_reply, result_reply
+from bot.progress import JobNotifier, ResultFile, ResultPart, eta_text, place, progress_reply, result_reply
 from bot.scheduler import CriticalSections
 from bot.store import JobStore
 from bot.store_schema import StaleJobError
@@ -182,7 +182,9 @@ class JobPipeline:
         job.queue_position = status.queue_position
         job.submitted_at = self.clock()
         job.retry_at = None
-        if status.queue_position is not None and status.status == "IN_QUEUE":
+        if status.status == "IN_PROGRESS":
+            self.eta.running(job.id)
+        elif status.queue_position is not None:
             self.eta.queued(job.id, status.queue_position)
         job = await self._save(job, JobState.RUNNING if status.status == "IN_PROGRESS" else JobState.QUEUED)
         log.info(
@@ -262,7 +264,7 @@ class JobPipeline:
                     if (state, position) == (job.state, job.queue_position):
                         continue
                     same_step = state is job.state
-                    shown_place = _place(job.queue_position)
+                    shown_place = self._place(job)
                     job.queue_position = position  # shown, not saved: a position is not worth a write
                     if not same_step:
                         job = await self._save(job, state)
@@ -270,8 +272,8 @@ class JobPipeline:
                         self.eta.running(job.id)
                     elif position is not None:
                         self.eta.queued(job.id, position)
-                    if same_step and _place(position) == shown_place:
-                        continue  # 483 → 482 both read "about 480th": nothing to show, nothing to compute
+                    if same_step and self._place(job) == shown_place:
+                        continue  # 483 → 482 both read "about 480th" and the estimate reads the same: nothing to show
                     await self._show(job)
                 raise FalJobError("fal stopped reporting on this job before it finished.")
             except StaleJobError:
@@ -454,11 +456,19 @@ class JobPipeline:
     async def _reread(self, job: Job) -> Job:
         return await self.store.get(job.id) or job
 
-    async def _show(self, job: Job) -> None:
-        eta_s = None
+    def _eta_s(self, job: Job) -> float | None:
         if job.state is JobState.QUEUED and job.queue_position is not None:
-            eta_s = self.eta.eta_s(job.queue_position)
-        await self.notifier.update(job, progress_reply(job, eta_s=eta_s))
+            return self.eta.eta_s(job.queue_position)
+        return None
+
+    def _place(self, job: Job) -> tuple[str, str] | None:
+        """What a member reads of a job's place at fal: the rounded position and the estimate."""
+        if job.queue_position is None:
+            return None
+        return place(job.queue_position), eta_text(self._eta_s(job))
+
+    async def _show(self, job: Job) -> None:
+        await self.notifier.update(job, progress_reply(job, eta_s=self._eta_s(job)))
 
     async def _fail(self, job: Job, message: str, *, billed: bool) -> Job:
         self.eta.forget(job.id)
@@ -496,7 +506,3 @@ class JobPipeline:
                 cancel_url=job.cancel_url,
             )
         return self.fal.handle_for(job.request_id)
-
-
-def _place(position: int | None) -> str | None:
-    return None if position is None else place(position)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 TOKEN_ERRORS = frozenset({50027, 10015})  # invalid webhook token, unknown webhook
 GONE_ERRORS = frozenset({10008, 10003})  # unknown message, unknown channel
 ENDED_MEMORY = 10_000  # ended jobs remembered so that a late progress update is dropped
+EDIT_RETRY_S = 5.0  # a failed edit is tried again after this (with the newest text), not at once
 
 
 def describe(exc: BaseException) -> str:
@@ -68,6 +69,7 @@ class ReplyState:
     shown_at: float = float("-inf")
     window: SlidingWindow = field(default_factory=SlidingWindow)
     task: asyncio.Task[None] | None = None  # the one edit under way
+    sending: bool = False  # its request is on the wire (until then it only waits, and may be called off)
     due_at: float | None = None  # when it waits in the line of position updates: the moment it may go out
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -97,6 +99,7 @@ class ReplyEditor:
         self._due_order = itertools.count()
         self._due_changed = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
+        self._closed = False
         self._dead_tokens: set[str] = set()
         # Jobs whose last text is out: a progress update computed before they ended must not land after it.
         self._ended: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -173,11 +176,10 @@ class ReplyEditor:
 
     @contextlib.contextmanager
     def _editing(self, job: Job) -> Iterator[None]:
-        """One edit of the reply: it counts in the message's window, which learns from Discord's answer."""
+        """One edit of the reply: it counts in the message's window once the budget lets it go (``budget_trace``),
+        and the window learns from Discord's answer."""
         editor = self._editors.get(job.id)
-        window = editor.window if editor is not None else SlidingWindow()
-        window.take(self.monotonic())
-        token = edit_window.set(window)
+        token = edit_window.set(editor.window if editor is not None else SlidingWindow())
         try:
             yield
         finally:
@@ -213,7 +215,7 @@ class ReplyEditor:
     def _schedule(self, editor: ReplyState) -> None:
         """When the wanted reply goes out: a new step at once (within the message's window), a new position when
         the line of position updates reaches it."""
-        if editor.task is not None or editor.wanted is None or editor.wanted == editor.shown:
+        if self._closed or editor.task is not None or editor.wanted is None or editor.wanted == editor.shown:
             return  # an edit under way looks again when it ends
         if editor.shown is None or editor.wanted.stage != editor.shown.stage:
             editor.task = asyncio.create_task(
@@ -227,6 +229,8 @@ class ReplyEditor:
                 self._queue(editor, at)
 
     def _queue(self, editor: ReplyState, at: float) -> None:
+        if self._closed:
+            return
         editor.due_at = at
         heapq.heappush(self._due, (at, next(self._due_order), editor.job.id))
         self._due_changed.set()
@@ -282,32 +286,48 @@ class ReplyEditor:
     async def _send(self, editor: ReplyState, priority: Priority, *, paid: bool = False) -> None:
         """One edit of the job's reply to the newest wanted text, within the message's window."""
         request_priority.set(priority)  # this task's own context: the budget's trace reads it
-        prepaid.set(paid)
+        failed = False
         try:
+            waited = editor.lock.locked()
             async with editor.lock:
-                await self._in_window(editor, priority)
+                waited = await self._in_window(editor, priority) or waited
+                # room taken before a wait is stale by now: the request asks the budget again
+                prepaid.set(paid and not waited)
                 reply = editor.wanted
                 if reply is None or reply == editor.shown:
                     return
+                editor.sending = True
                 try:
                     reached = await self._edit_reply(editor.job, reply)
                 except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    log.warning("job=%s edit failed (%s); the next update tries again", editor.job.id, describe(exc))
+                    log.warning(
+                        "job=%s edit failed (%s); trying again in %.0f s", editor.job.id, describe(exc), EDIT_RETRY_S
+                    )
+                    failed = True
                     return
+                finally:
+                    editor.sending = False
                 editor.shown, editor.shown_at = reply, self.monotonic()
                 if not reached:
                     editor.wanted = None
         finally:
             if editor.task is asyncio.current_task():
                 editor.task = None
-            if editor.job.id not in self._ended:
+            if failed and editor.job.id not in self._ended:
+                self._queue(editor, self.monotonic() + EDIT_RETRY_S)  # not at once: a refusal would repeat forever
+            elif editor.job.id not in self._ended:
                 self._schedule(editor)
 
     async def _settle(self, editor: ReplyState) -> None:
-        """Let an edit under way finish rather than cancel it: discord.py's webhook adapter can keep its per-webhook
-        lock forever when a request is cancelled during its rate-limit sleep."""
-        if editor.task is not None and not editor.task.done() and editor.task is not asyncio.current_task():
-            await asyncio.wait([editor.task])
+        """Make way for a result or a final text: an edit still waiting for its turn is called off; one on the wire
+        is let finish, because discord.py's webhook adapter can keep its per-webhook lock forever when a request
+        is cancelled during its rate-limit sleep."""
+        task = editor.task
+        if task is None or task.done() or task is asyncio.current_task():
+            return
+        if not editor.sending:
+            task.cancel()
+        await asyncio.wait([task])
 
     async def forget(self, job_id: str) -> None:
         self._end(job_id)
@@ -317,6 +337,7 @@ class ReplyEditor:
             await self._settle(editor)  # the last wanted text (failed, cancelled) still goes out
 
     async def close(self) -> None:
+        self._closed = True  # a cancelled edit must not start another on its way out
         tasks = [e.task for e in self._editors.values() if e.task is not None and not e.task.done()]
         if self._dispatcher is not None:
             tasks.append(self._dispatcher)
@@ -325,7 +346,9 @@ class ReplyEditor:
         if tasks:
             await asyncio.wait(tasks)
 
-    async def _in_window(self, editor: ReplyState, priority: Priority = Priority.RESULT) -> None:
+    async def _in_window(self, editor: ReplyState, priority: Priority = Priority.RESULT) -> bool:
+        """Wait until the reply's window has room for an edit of ``priority``; whether that took a wait."""
         delay = editor.window.free_for(priority, self.monotonic()) - self.monotonic()
         if delay > 0:
             await self.sleep(delay)
+        return delay > 0

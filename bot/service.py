@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
@@ -26,6 +27,7 @@ from bot.store import JobStore
 log = logging.getLogger(__name__)
 
 PRUNE_RETRY_S = 60.0
+CHECKED_TTL_S = 30.0  # a checked command whose job never arrived (its acknowledgement failed) stops counting
 CHECK_BUDGET_S = 1.5  # of Discord's 3 s to acknowledge a command, what the private checks may take
 
 __all__ = ["CancelResult", "JobService"]
@@ -83,6 +85,9 @@ class JobService:
         )
         self._accepting = True
         self._pruner: asyncio.Task[None] | None = None
+        # Commands that passed the private checks and whose job is not stored yet, by member: a burst of commands
+        # all pass before the first job is written, so they count toward the cap (and are refused privately).
+        self._checked: dict[tuple[int | None, int], list[float]] = {}
 
     # life cycle
 
@@ -153,15 +158,30 @@ class JobService:
         """
         if not self._accepting:
             raise RefusedError("The bot is restarting; please try again in a minute.")
+        member = (origin.guild_id, origin.user_id)
+        now = time.monotonic()
+        pending = [t for t in self._checked.get(member, []) if now - t < CHECKED_TTL_S]
+        self._checked[member] = [*pending, now]  # counted before the first await: the burst runs meanwhile
         try:
             async with asyncio.timeout(CHECK_BUDGET_S):
-                await self.pipeline.intake.check(options, origin)
+                await self.pipeline.intake.check(options, origin, pending=len(pending))
         except TimeoutError:  # a busy store must not cost the acknowledgement: accept checks again after it
             log.warning(
                 "guild=%s user=%s the checks before the defer were slow; deferring first",
                 origin.guild_id,
                 origin.user_id,
             )
+        except BaseException:
+            self._forget_checked(member, now)
+            raise
+
+    def _forget_checked(self, member: tuple[int | None, int], at: float | None = None) -> None:
+        """One checked command of ``member`` reached its end (the one checked ``at``, else the oldest)."""
+        checked = self._checked.get(member, [])
+        if checked:
+            checked.remove(at if at is not None and at in checked else checked[0])
+        if not checked:
+            self._checked.pop(member, None)
 
     async def accept(self, options: InpaintOptions, origin: Origin, image: Upload, mask: Upload | None) -> Job:
         """Validate everything, store the inputs and put the job in the waiting line.
@@ -171,6 +191,7 @@ class JobService:
         """
         if not self._accepting:
             raise RefusedError("The bot is restarting; please try again in a minute.")
+        self._forget_checked((origin.guild_id, origin.user_id))  # its job is stored next: the store counts it
         job = await self.pipeline.accept(options, origin, image, mask)
         self.scheduler.wake()
         return job

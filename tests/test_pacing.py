@@ -17,7 +17,6 @@ from bot.pacing import (
     is_acknowledgement,
     learn,
     prepaid,
-    request_priority,
 )
 from tests.fakes.discord import ManualClock
 
@@ -158,7 +157,7 @@ async def test_the_trace_holds_requests_for_the_budget_and_counts_acknowledgemen
             edit_window.reset(token_w)
             prepaid.reset(token_p)
         assert window.limit == 3 and window.free_at(clock()) == clock() + 4.0
-    assert budget.sent == 4 and request_priority.get() is Priority.RESULT
+    assert budget.sent == 4
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> None:
