@@ -8,17 +8,28 @@ import os
 import platform
 import time
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
-from bench import delivery, edits, first_response, memory, status_calls, uploads
-from bench.rig import Figure, report
+from bench import after_edit, burst, delivery, edits, first_response, flood, memory, status_calls, uploads
+from bench.rig import FAL_CLIENT_BASELINE, MINIMAL_BASELINE, Figure, report
 
-BENCHES: dict[str, tuple[str, Callable[[], Awaitable[list[Figure]]]]] = {
-    "first_response": ("First response under a burst", first_response.run),
-    "delivery": ("COMPLETED to posted", delivery.run),
-    "edits": ("Edits of the reply", edits.run),
-    "status_calls": ("fal status calls and CPU per job", status_calls.run),
-    "memory": ("Memory with 1,000 jobs at fal", memory.run),
-    "uploads": ("Memory with 50 photos of 20 MiB at once", uploads.run),
+
+class Bench(NamedTuple):
+    title: str
+    run: Callable[[], Awaitable[list[Figure]]]
+    baseline: str = FAL_CLIENT_BASELINE  # the header of the baseline column
+
+
+BENCHES: dict[str, Bench] = {
+    "first_response": Bench("First response under a burst", first_response.run),
+    "delivery": Bench("COMPLETED to posted", delivery.run),
+    "edits": Bench("Edits of the reply", edits.run),
+    "status_calls": Bench("fal status calls and CPU per job", status_calls.run),
+    "memory": Bench("Memory with 1,000 jobs at fal", memory.run),
+    "uploads": Bench("Memory with 50 photos of 20 MiB at once", uploads.run),
+    "after_edit": Bench("COMPLETED to posted after a status edit", after_edit.run, MINIMAL_BASELINE),
+    "flood": Bench("1,000 jobs waiting at fal", flood.run, MINIMAL_BASELINE),
+    "burst": Bench("200 commands in one burst by three members", burst.run, MINIMAL_BASELINE),
 }
 
 
@@ -26,10 +37,10 @@ async def main(names: list[str]) -> None:
     print(f"fluxpaint benchmarks: Python {platform.python_version()}, {platform.machine()}, ", end="")
     print(f"{len(os.sched_getaffinity(0))} CPU(s), {time.strftime('%Y-%m-%d')}")
     for name in names:
-        title, bench = BENCHES[name]
+        bench = BENCHES[name]
         started = time.monotonic()
-        figures = await bench()
-        report(f"{title} ({time.monotonic() - started:.0f} s)", figures)
+        figures = await bench.run()
+        report(f"{bench.title} ({time.monotonic() - started:.0f} s)", figures, bench.baseline)
 
 
 if __name__ == "__main__":

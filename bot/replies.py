@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 import aiohttp
 import discord
@@ -129,22 +129,22 @@ class ReplyEditor:
     ) -> bool:
         """Edit the job's reply by the freshest working route; False if it cannot be reached. Without
         ``via_channel`` only the interaction token is tried: False as well once it is dead."""
-        content = reply.content or None
-        embed = to_embed(reply.embed) if reply.embed else None
-        view = cancel_view(job.id) if reply.cancel_button else None
         replace_files = bool(files) or final
+
+        def fields() -> dict[str, Any]:  # anew for each route: a file is consumed by the request that sends it
+            return {
+                "content": reply.content or None,
+                "embed": to_embed(reply.embed) if reply.embed else None,
+                "view": cancel_view(job.id) if reply.cancel_button else None,
+                "attachments": to_files(files) if replace_files else discord.utils.MISSING,
+            }
+
         if self._token_usable(job):
             try:
                 # "@original" addresses the reply when its id is unknown (the defer answer lacked it)
                 message_id = cast(int, job.origin.message_id or "@original")
                 with self._editing(job):
-                    await self._webhook(job).edit_message(
-                        message_id,
-                        content=content,
-                        embed=embed,
-                        view=view,
-                        attachments=to_files(files) if replace_files else discord.utils.MISSING,
-                    )
+                    await self._webhook(job).edit_message(message_id, **fields())
                 return True
             except discord.HTTPException as exc:
                 if exc.status != 401 and exc.code not in TOKEN_ERRORS:
@@ -160,16 +160,7 @@ class ReplyEditor:
             return False
         try:
             with self._editing(job):
-                await (
-                    self._channel(job)
-                    .get_partial_message(job.origin.message_id)
-                    .edit(
-                        content=content,
-                        embed=embed,
-                        view=view,
-                        attachments=to_files(files) if replace_files else discord.utils.MISSING,
-                    )
-                )
+                await self._channel(job).get_partial_message(job.origin.message_id).edit(**fields())
             return True
         except discord.HTTPException as exc:
             return self._gone_or_raise(job, exc)

@@ -119,6 +119,7 @@ class FakeFal:
         key: str = "fake-fal-key",
         auth_scheme: Literal["Key", "Bearer"] = "Key",
         positions: Iterable[int] = (3, 2, 1, 0),
+        positions_for: Callable[[int], Iterable[int]] | None = None,
         in_progress_steps: int = 1,
         auto_advance: bool = True,
         hold: asyncio.Event | bool | None = None,
@@ -147,6 +148,8 @@ class FakeFal:
         """Knobs (all optional):
 
         - ``positions``, ``in_progress_steps``, ``auto_advance``, ``hold``: the progression (module docstring).
+        - ``positions_for``: the positions of the n-th job created (from 0) instead of ``positions``, so that each
+          job has its own place in line (``lambda n: range(n, -1, -1)``: the n-th job starts at position n).
         - ``fail_with``: COMPLETED with that ``error``; the result answers 500 + ``X-Fal-Error-Type``.
         - ``nsfw``: ``has_nsfw_concepts`` of the result (default all False); ``result_size``: output pixels
           (default: the input's); ``result_seed``: the seed reported when the payload has none.
@@ -167,6 +170,7 @@ class FakeFal:
         self.key = key
         self.auth_scheme = auth_scheme
         self.positions = list(positions)
+        self.positions_for = positions_for
         self.in_progress_steps = in_progress_steps
         self.auto_advance = auto_advance
         self.hold = asyncio.Event() if hold is True else (hold or None)
@@ -363,7 +367,8 @@ class FakeFal:
 
     def _new_job(self, app: str, endpoint: str, payload: dict[str, Any]) -> FakeJob:
         request_id = str(uuid.UUID(int=next(self._ids)))
-        script: list[dict[str, Any]] = [{"status": "IN_QUEUE", "queue_position": p} for p in self.positions]
+        positions = self.positions if self.positions_for is None else self.positions_for(len(self.jobs))
+        script: list[dict[str, Any]] = [{"status": "IN_QUEUE", "queue_position": p} for p in positions]
         script += [{"status": "IN_PROGRESS", "logs": None}] * self.in_progress_steps
         done: dict[str, Any] = {"status": "COMPLETED", "logs": None, "metrics": {"inference_time": 1.5}}
         if self.fail_with is not None:
