@@ -3,12 +3,10 @@ readings."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import math
 import os
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from PIL import Image, ImageDraw
 
-from tests.e2e.harness import REPO, BotProcess, config_for
+from tests.e2e.harness import BotProcess, config_for
 from tests.fakes.discord import FakeDiscord, FakeInteraction, start_fake_discord
 from tests.fakes.fal import FakeFal, start_fake_fal
 from tests.rig import fixture
@@ -43,49 +41,11 @@ class Figure:
     met: bool | None = None
 
 
-class BenchBot(BotProcess):
-    """``python -m <module> --config …`` against the fakes: the real bot (``bot``) or the minimal one."""
-
-    def __init__(self, workdir: Path, discord: FakeDiscord, fal: FakeFal, config: Path, module: str) -> None:
-        super().__init__(workdir, discord, fal, config)
-        self.module = module
-
-    async def start(self, timeout: float = 30) -> None:  # noqa: ASYNC109
-        if self.module == FLUXPAINT:
-            await super().start(timeout)
-            return
-        # BotProcess.start with another module; the environment is the same
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXPAINT_")}
-        env |= {"DISCORD_TOKEN": self.discord.bot_token, "FAL_KEY": self.fal.key, "PYTHONUNBUFFERED": "1"}
-        sessions = len(self.discord.sessions)
-        with self.log.open("a") as log:
-            log.write(f"---- start {self.starts + 1} ({self.module})\n")
-            log.flush()
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                self.module,
-                "--config",
-                str(self.config),
-                cwd=self.workdir,
-                env=env | {"PYTHONPATH": str(REPO)},
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-        self.starts += 1
-        await self.discord.wait_for(
-            lambda: any(s.ready and not s.ws.closed for s in self.discord.sessions[sessions:]) or self._exited(),
-            timeout,
-        )
-        if self._exited():
-            raise RuntimeError(f"{self.module} exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-
-
 @dataclass
 class Rig:
     discord: FakeDiscord
     fal: FakeFal
-    bot: BenchBot
+    bot: BotProcess
     workdir: Path
     servers: list[TestServer] = field(default_factory=list)
 
@@ -137,7 +97,7 @@ async def rig(
         discord = await start_fake_discord(serve, **{"validate": False, **(fake_discord or {})})
         fal = await start_fake_fal(serve, **(fake_fal or {}))
         path = config_for(workdir, discord, fal, sections, defaults={})  # the bot's own defaults
-        bench = Rig(discord, fal, BenchBot(workdir, discord, fal, path, program), workdir, servers)
+        bench = Rig(discord, fal, BotProcess(workdir, discord, fal, path, module=program), workdir, servers)
         try:
             await bench.bot.start()
             yield bench

@@ -59,8 +59,7 @@ async def runtime(settings: Settings) -> AsyncIterator[FluxpaintBot]:
     data_dir = Path(settings.storage.data_dir)
     point_at(settings.discord)
     probe = LoopLagProbe(warn_s=settings.logging.loop_stall_warn_ms / 1000)
-    probe.start()
-    async with session(settings) as http, await JobStore.open(data_dir / "fluxpaint.sqlite3") as store:
+    async with probe, session(settings) as http, await JobStore.open(data_dir / "fluxpaint.sqlite3") as store:
         budget = RequestBudget(settings.discord.max_requests_per_s)
         bot = FluxpaintBot(settings, http_trace=budget_trace(budget))
         notifier = DiscordNotifier(
@@ -83,7 +82,6 @@ async def runtime(settings: Settings) -> AsyncIterator[FluxpaintBot]:
             await service.close(SHUTDOWN_GRACE_S)
             await notifier.close()
             await bot.close()
-            await probe.close()
 
 
 def _enough_file_descriptors(settings: Settings) -> None:

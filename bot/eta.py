@@ -41,6 +41,7 @@ class QueueEstimator:
         self._finished_tracks: deque[tuple[float, _Track]] = deque(maxlen=50)  # tracks of jobs that left the queue
         self._started: dict[str, float] = {}
         self._runs: deque[float] = deque(maxlen=RUN_SAMPLES)
+        self._run_s: float | None = None
         self._speed: float | None = None
         self._speed_at = float("-inf")
 
@@ -69,6 +70,7 @@ class QueueEstimator:
         self._tracks.pop(job_id, None)
         if (started := self._started.pop(job_id, None)) is not None:
             self._runs.append(self.clock() - started)
+            self._run_s = statistics.median(self._runs)  # once per job, not at every status event
 
     def forget(self, job_id: str) -> None:
         self._tracks.pop(job_id, None)
@@ -94,6 +96,6 @@ class QueueEstimator:
         """Seconds until a job at ``position`` is done: its way to the front plus a typical run; None when either
         part is unknown, so that no estimate is made up."""
         speed = self.queue_speed()
-        if not speed or not self._runs:
+        if not speed or self._run_s is None:
             return None
-        return (position + 1) / speed + statistics.median(self._runs)
+        return (position + 1) / speed + self._run_s

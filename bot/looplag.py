@@ -58,6 +58,13 @@ class LoopLagProbe:
         self._started = self.clock()
         self._task = asyncio.create_task(self._run(), name="fluxpaint-loop-lag")
 
+    async def __aenter__(self) -> LoopLagProbe:
+        self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()

@@ -69,10 +69,6 @@ class SlidingWindow:
     def take(self, now: float) -> None:
         self._times.append(now)
 
-    def used(self, now: float) -> int:
-        self._expire(now)
-        return len(self._times)
-
     def learn(self, limit: int, remaining: int, reset_after_s: float, now: float, *, refused: bool = False) -> None:
         """Adopt what Discord's X-RateLimit-* headers said about this message's bucket; ``refused``: they came with a
         429, after which discord.py sends the edit again once the bucket resets."""

@@ -254,6 +254,7 @@ class JobPipeline:
         return await self._fetch(job, handle)
 
     async def _watch(self, job: Job, handle: FalHandle) -> Job:
+        shown_place = self._place(job)
         while True:
             try:
                 async for status in self.fal.watch(handle):
@@ -264,7 +265,6 @@ class JobPipeline:
                     if (state, position) == (job.state, job.queue_position):
                         continue
                     same_step = state is job.state
-                    shown_place = self._place(job)
                     job.queue_position = position  # shown, not saved: a position is not worth a write
                     if not same_step:
                         job = await self._save(job, state)
@@ -272,8 +272,10 @@ class JobPipeline:
                         self.eta.running(job.id)
                     elif position is not None:
                         self.eta.queued(job.id, position)
-                    if same_step and self._place(job) == shown_place:
+                    place_now = self._place(job)
+                    if same_step and place_now == shown_place:
                         continue  # 483 → 482 both read "about 480th" and the estimate reads the same: nothing to show
+                    shown_place = place_now
                     await self._show(job)
                 raise FalJobError("fal stopped reporting on this job before it finished.")
             except StaleJobError:

@@ -6,16 +6,16 @@ Only the one method that talks to Discord (``_edit_reply``) is replaced; the res
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import discord
 
 from bot.config import UiSettings
-from bot.models import InpaintOptions, Job, JobState, Origin
+from bot.models import Job, JobState
 from bot.pacing import RequestBudget, prepaid, request_priority
 from bot.progress import Reply, progress_reply
 from bot.replies import ReplyEditor
+from tests.test_progress import make_job as progress_job
 
 
 class FakeTime:
@@ -75,17 +75,7 @@ class RecordingEditor(ReplyEditor):
 
 
 def make_job(state: JobState, position: int | None = None) -> Job:
-    origin = Origin(
-        user_id=7,
-        guild_id=1,
-        channel_id=2,
-        application_id=3,
-        interaction_id=4,
-        interaction_token="token",
-        token_expires_at=datetime.now(UTC) + timedelta(minutes=15),
-        message_id=99,
-    )  # type: ignore[arg-type]
-    return Job(origin=origin, options=InpaintOptions(prompt="a red hat"), state=state, queue_position=position)
+    return progress_job(state=state, queue_position=position)
 
 
 async def test_a_new_step_goes_at_once_and_a_far_back_position_waits_its_refresh_time() -> None:

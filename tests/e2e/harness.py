@@ -83,9 +83,11 @@ async def poll_until(condition: Callable[[], bool], what: str, timeout: float, e
 
 
 class BotProcess:
-    """One ``python -m bot`` process; ``start`` again after ``kill`` or ``terminate`` to restart it."""
+    """One ``python -m bot`` process (or ``module``: the benchmarks' minimal bot); ``start`` again after ``kill`` or
+    ``terminate`` to restart it."""
 
-    def __init__(self, workdir: Path, discord: FakeDiscord, fal: FakeFal, config: Path) -> None:
+    def __init__(self, workdir: Path, discord: FakeDiscord, fal: FakeFal, config: Path, *, module: str = "bot") -> None:
+        self.module = module
         self.workdir = workdir
         self.discord = discord
         self.fal = fal
@@ -99,12 +101,12 @@ class BotProcess:
         env |= {"DISCORD_TOKEN": self.discord.bot_token, "FAL_KEY": self.fal.key, "PYTHONUNBUFFERED": "1"}
         sessions = len(self.discord.sessions)
         with self.log.open("a") as log:
-            log.write(f"---- start {self.starts + 1}\n")
+            log.write(f"---- start {self.starts + 1} ({self.module})\n")
             log.flush()
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "bot",
+                self.module,
                 "--config",
                 str(self.config),
                 cwd=self.workdir,
@@ -118,7 +120,7 @@ class BotProcess:
             timeout,
         )
         if self._exited():
-            raise RuntimeError(f"the bot exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            raise RuntimeError(f"{self.module} exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
 
     def _exited(self) -> bool:
         return self.proc is not None and self.proc.returncode is not None
