@@ -125,8 +125,15 @@ class LimitSettings(Section):
     max_num_inference_steps: int = Field(50, ge=1, le=50)
     max_jobs_per_user: int = Field(2, ge=1)
     mask_threshold: int = Field(128, ge=1, le=255)
+    crop_to_mask: bool = True  # send fal only the part around the mask (SPEC 11); false sends the whole image
+    crop_padding: float = Field(0.25, ge=0, le=4)  # around the mask's bounding box, as a share of its size
     # Downloads and decodes at once: 50 members posting 20 MiB photos together must not exhaust memory.
     max_parallel_prepare: int = Field(default_factory=lambda: 2 * (os.cpu_count() or 1), ge=1, le=256)
+
+
+class MaskSettings(Section):
+    segment_endpoint: str = Field("fal-ai/evf-sam", pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(/[A-Za-z0-9_./-]+)?$")
+    segment_price_usd: float = Field(0.002, ge=0, le=10)
 
 
 class UiSettings(Section):
@@ -209,6 +216,7 @@ class Settings(BaseSettings):
     discord: DiscordSettings
     fal: FalSettings
     limits: LimitSettings = LimitSettings()
+    masks: MaskSettings = MaskSettings()
     ui: UiSettings = UiSettings()
     storage: StorageSettings = StorageSettings()
     budgets: BudgetSettings = BudgetSettings()

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 OutputFormat = Literal["jpeg", "png"]
+MaskRegion = Literal["top", "bottom", "left", "right", "center", "everything"]
 
 
 def new_job_id() -> str:
@@ -58,6 +59,12 @@ class InpaintOptions(BaseModel):
     output_format: OutputFormat = "jpeg"
     invert_mask: bool = False
     enable_safety_checker: bool = True
+    # mask sources besides an attachment (SPEC 11): at most one of these, checked by the intake
+    mask_prompt: str | None = Field(None, min_length=1, max_length=200)  # words, segmented by fal
+    box: str | None = Field(None, max_length=100)  # "x1,y1,x2,y2" in percent of width and height
+    region: MaskRegion | None = None
+    mask_grow: int = Field(0, ge=0, le=128)  # px of the input the mask is dilated by
+    mask_feather: int = Field(8, ge=0, le=64)  # px over which the composite's seam is softened
 
 
 class Upload(BaseModel):
