@@ -99,3 +99,14 @@ class QueueEstimator:
         if not speed or self._run_s is None:
             return None
         return (position + 1) / speed + self._run_s
+
+    def unobserved_s(self, position: int | None, *, stale_s: float, near: int, unknown_s: float) -> float:
+        """How long a job at ``position`` may go without a look: no longer than its reply may stay stale
+        (``stale_s``), and at most half the time it needs, at the queue's speed, to come within ``near`` of the
+        front, where every move is shown (``unknown_s`` while the speed is unknown); 0 when it is there already or
+        not in the queue."""
+        if position is None or position <= near or stale_s <= 0:
+            return 0.0
+        speed = self.queue_speed()
+        to_near = (position - near) / speed / 2 if speed else unknown_s
+        return max(0.0, min(stale_s, to_near))

@@ -46,6 +46,9 @@ RETRY_CAP_S = 30.0
 POLL_GROWTH = 1.5
 STREAM_IDLE_MIN_S = 45.0  # fal sends a keep-alive comment every 15 s
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
+SLOW_WATCH_S = 5.0  # a job whose caller can wait this long for news is looked at by status calls, not a stream
+
+Pace = Callable[[QueueStatus], float]  # seconds the caller can go without news of a job in this status
 
 # the client
 
@@ -301,8 +304,11 @@ class FalQueueClient:
         except ValidationError as exc:
             raise FalTransientError("fal sent a status this bot could not read.") from exc
 
-    async def watch(self, handle: FalHandle) -> AsyncIterator[QueueStatus]:
+    async def watch(self, handle: FalHandle, pace: Pace | None = None) -> AsyncIterator[QueueStatus]:
         """Statuses as they change, ending with COMPLETED: the SSE stream, or polling when it is off or fails.
+
+        ``pace`` says, for each status, how long the caller can go without news: a job far back in fal's queue
+        leaves its stream (a thousand of them cost a core in events alone) and is looked at that often instead.
 
         Raises:
             FalJobError: fal completed the job with an error.
@@ -311,27 +317,40 @@ class FalQueueClient:
         handle = self._own(handle)
         last: tuple[str, int | None] | None = None
         completed: QueueStatus | None = None
-        if self._settings.status_mode == "stream":
-            async with contextlib.aclosing(self._stream(handle)) as events:
-                async for status in events:
-                    if status.status == "COMPLETED":
-                        completed = status
-                        break
-                    if status.progress != last:
-                        last = status.progress
-                        yield status
+        streaming = self._settings.status_mode == "stream"
         interval = self._settings.poll_interval_s
+        wait = 0.0  # how long the caller can go without news now
         while completed is None:
+            if streaming and wait < SLOW_WATCH_S:
+                streaming = False  # unless the stream is left on purpose, it failed: poll from now on
+                async with contextlib.aclosing(self._stream(handle)) as events:
+                    async for status in events:
+                        if status.status == "COMPLETED":
+                            completed = status
+                            break
+                        if status.progress != last:
+                            last = status.progress
+                            yield status
+                        if pace is not None and (wait := pace(status)) >= SLOW_WATCH_S:
+                            streaming = True  # far back: look again later, by one status call
+                            break
+                if completed is not None:
+                    break
+            if wait >= SLOW_WATCH_S:
+                await self._sleep(wait)
             status = await self.status(handle)
             if status.status == "COMPLETED":
                 completed = status
-            elif status.progress != last:
+                break
+            if pace is not None:
+                wait = pace(status)
+            if status.progress != last:
                 last = status.progress
                 interval = self._settings.poll_interval_s
                 yield status
-                await self._sleep(interval)
             else:
                 interval = min(interval * POLL_GROWTH, self._settings.max_poll_interval_s)
+            if wait < SLOW_WATCH_S and not streaming:
                 await self._sleep(interval)
         if completed.error is not None or completed.error_type is not None:
             raise await self._failure(handle, completed)

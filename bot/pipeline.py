@@ -21,12 +21,22 @@ from bot.downloads import fetch
 from bot.errors import RefusedError, UserFacingError, user_message
 from bot.eta import QueueEstimator
 from bot.fal import FalQueueClient
-from bot.fal_models import FalError, FalHandle, FalJobError, InpaintInput, fal_input
+from bot.fal_models import FalError, FalHandle, FalJobError, InpaintInput, QueueStatus, fal_input
 from bot.files import JobFiles
 from bot.intake import MASK_FILE, Intake, day_start, input_file, month_start, result_file
 from bot.models import InpaintOptions, Job, JobState, Origin, Upload, utcnow
 from bot.policy import Action, Step, decide
-from bot.progress import JobNotifier, ResultFile, ResultPart, eta_text, place, progress_reply, result_reply
+from bot.progress import (
+    EXACT_POSITIONS,
+    JobNotifier,
+    ResultFile,
+    ResultPart,
+    eta_text,
+    place,
+    progress_reply,
+    refresh_s,
+    result_reply,
+)
 from bot.scheduler import CriticalSections
 from bot.store import JobStore
 from bot.store_schema import StaleJobError
@@ -257,7 +267,7 @@ class JobPipeline:
         shown_place = self._place(job)
         while True:
             try:
-                async for status in self.fal.watch(handle):
+                async for status in self.fal.watch(handle, self._pace):
                     if status.status == "COMPLETED":
                         return job
                     state = JobState.RUNNING if status.status == "IN_PROGRESS" else JobState.QUEUED
@@ -285,6 +295,17 @@ class JobPipeline:
                     raise _Stop(decide(Step.WATCH, exc), exc) from exc
                 log.warning("job=%s watch interrupted (%s); retrying", job.id, exc)
                 await self.sleep(self.settings.fal.retry_pause_s)
+
+    def _pace(self, status: QueueStatus) -> float:
+        """How long the watch may go without news of a job: as long as its reply may stay stale, and never so long
+        that it could reach the front unseen."""
+        position = status.queue_position if status.status == "IN_QUEUE" else None
+        return self.eta.unobserved_s(
+            position,
+            stale_s=refresh_s(position),
+            near=EXACT_POSITIONS,
+            unknown_s=self.settings.fal.max_poll_interval_s,  # knowing nothing, as often as a poll that sees no change
+        )
 
     async def _time_out(self, job: Job, handle: FalHandle) -> bool:
         """Cancel a job past its deadline at fal and end it; True when fal had finished it, so it is fetched."""

@@ -51,3 +51,27 @@ def test_a_stalled_queue_makes_the_estimate_grow() -> None:
     clock.advance(120)  # nothing moved for two minutes
     after = estimator.eta_s(30)
     assert before is not None and after is not None and after > 2 * before
+
+
+@pytest.mark.parametrize(
+    ("position", "stale_s", "expected"),
+    [
+        (None, 0.0, 0.0),  # running: watched closely
+        (5, 0.0, 0.0),  # near the front: every move is shown
+        (100, 50.0, 45.0),  # at a place a second, 90 places to come near: at most half of that
+        (60, 30.0, 25.0),
+        (1000, 300.0, 300.0),  # no longer than the reply may stay stale
+    ],
+    ids=["running", "near", "half-way-to-near", "closer", "stale-bound"],
+)
+def test_a_job_far_back_is_looked_at_less_often(position: int | None, stale_s: float, expected: float) -> None:
+    clock = ManualClock(start=0.0)
+    estimator = QueueEstimator(clock)
+    moving_queue(clock, estimator, jobs=3, seconds=60, every_s=1.0)  # one place a second
+    # the speed is counted up to now: 60 places in 61 s
+    assert estimator.unobserved_s(position, stale_s=stale_s, near=10, unknown_s=7.0) == pytest.approx(expected, rel=0.02)
+
+
+def test_a_job_far_back_is_looked_at_often_while_the_queue_speed_is_unknown() -> None:
+    estimator = QueueEstimator(ManualClock(start=0.0))
+    assert estimator.unobserved_s(500, stale_s=250.0, near=10, unknown_s=7.0) == 7.0

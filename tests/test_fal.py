@@ -428,6 +428,46 @@ async def test_stream_skips_keep_alive_comments_while_the_job_waits(fal_rig: Any
     assert rig.fake.status_calls == 0
 
 
+def far_back_waits(status: QueueStatus) -> float:
+    """A caller that can wait 20 s for news of a job further back than 10th."""
+    return 20.0 if status.status == "IN_QUEUE" and (status.queue_position or 0) > 10 else 0.0
+
+
+async def test_a_job_far_back_leaves_its_stream_and_is_checked_at_the_callers_pace(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig({"status_mode": "stream"}, auto_advance=False, positions=[40, 30, 20, 9, 2])
+    handle, _ = await rig.client.submit(payload())
+    rig.sleep.hook = lambda _: rig.fake.advance(handle.request_id)  # fal's queue moves a place while the bot waits
+    seen: list[tuple[str, int | None]] = []
+
+    async def watch() -> None:
+        async for status in rig.client.watch(handle, far_back_waits):
+            seen.append(status.progress)
+
+    task = asyncio.create_task(watch())
+    await eventually(lambda: rig.fake.stream_calls == 2)  # 9th: near the front, the stream again
+    # 40 by the stream; 30, 20 and 9 by status calls, each 20 s after the last look
+    assert seen == [("IN_QUEUE", 40), ("IN_QUEUE", 30), ("IN_QUEUE", 20), ("IN_QUEUE", 9)]
+    assert rig.sleep.calls == [20.0, 20.0, 20.0] and rig.fake.status_calls == 3
+    rig.sleep.hook = None
+    rig.fake.advance(handle.request_id)
+    await eventually(lambda: seen[-1] == ("IN_QUEUE", 2))
+    rig.fake.advance(handle.request_id, steps=3)
+    await asyncio.wait_for(task, 5)
+
+    assert seen[-1] == ("COMPLETED", None) and rig.fake.status_calls == 3 and rig.sleep.calls == [20.0] * 3
+
+
+async def test_a_poll_watch_waits_as_long_as_the_caller_can(fal_rig: Any) -> None:
+    rig: Rig = await fal_rig(positions=[40, 9, 0])
+    handle, _ = await rig.client.submit(payload())
+
+    seen = [s.progress async for s in rig.client.watch(handle, far_back_waits)]
+
+    assert seen[0] == ("IN_QUEUE", 40) and seen[-1] == ("COMPLETED", None)
+    assert rig.sleep.calls[0] == 20.0 and 20.0 not in rig.sleep.calls[1:]
+    assert rig.fake.stream_calls == 0
+
+
 async def test_stream_refused_falls_back_to_polling(fal_rig: Any) -> None:
     rig: Rig = await fal_rig({"status_mode": "stream"}, stream=False)
 

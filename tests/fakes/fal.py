@@ -439,8 +439,15 @@ class FakeFal:
             return _json({"status": "NOT_FOUND"}, 404)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
+        try:
+            await self._send_events(request, resp, job)
+        except ConnectionResetError:
+            pass  # the client left mid-write (aiohttp does not cancel the handler): nobody watches, nothing moves
+        return resp
+
+    async def _send_events(self, request: web.Request, resp: web.StreamResponse, job: FakeJob) -> None:
         sent = 0
-        while True:
+        while request.transport is not None and not request.transport.is_closing():
             body = self._status_body(job)
             await resp.write(f"data: {json.dumps(body)}\n\n".encode())
             sent += 1
@@ -457,6 +464,8 @@ class FakeFal:
                 left = quiet_since + self.stream_keepalive_s - loop.time()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(poked.wait(), max(left, 0.0))
+                if request.transport is None or request.transport.is_closing():
+                    return  # the client left while the job waited
                 self._observed(job)  # a lifted hold moves the job on here
                 if job.moves == seen and loop.time() - quiet_since >= self.stream_keepalive_s:
                     await resp.write(b": keep-alive\n\n")
@@ -465,7 +474,6 @@ class FakeFal:
             if self._closing.is_set():
                 break
         await resp.write_eof()
-        return resp
 
     async def _result(self, request: web.Request) -> web.StreamResponse:
         if refused := self._refuse(request):
