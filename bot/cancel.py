@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from bot.fal_models import FalError
-from bot.models import JobState
+from bot.models import Job, JobState
 from bot.pipeline import JobPipeline
 from bot.store_schema import StaleJobError
 
@@ -71,9 +71,26 @@ class JobCanceller:
                 return CancelResult(note, cancelled=True)
             if job.state.finished:
                 return CancelResult(f"This job has already ended ({job.state.value}).", cancelled=False)
+        if job.state is JobState.SEGMENTING:
+            return await self._cancel_segmentation(job, user_id)
         if job.state is JobState.SUBMITTING:
             return CancelResult("The job is being sent to fal right now; try again in a moment.", cancelled=False)
         return CancelResult("Too late: the results are already on their way.", cancelled=False)
+
+    async def _cancel_segmentation(self, job: Job, user_id: int) -> CancelResult:
+        """fal is looking for the mask: stop that (best effort) and end the job; the inpainting is never sent."""
+        self.pipeline.pause_watch(job.id)
+        if job.segment_request_id is not None:
+            try:
+                await self.fal.cancel(self.pipeline.segment_handle(job))
+            except FalError as exc:  # the job ends anyway: a search that finishes regardless is billed, no more
+                log.warning("job=%s cancel of the mask search could not reach fal: %s", job.id, exc.message)
+        note = "Cancelled while fal looked for the mask; only that search may be billed."
+        try:
+            await self.pipeline.end_cancelled(job, user_id, note)
+        except StaleJobError:
+            return await self._cancel(job.id, user_id=user_id, can_manage=True)
+        return CancelResult(note, cancelled=True)
 
     async def drop_waiting(self, guild_id: int, user_id: int) -> None:
         """A member was banned: their jobs that fal does not have yet are cancelled, free of charge."""

@@ -110,8 +110,12 @@ class FalSettings(Section):
 
     @property
     def app_id(self) -> str:
-        """``owner/app`` of the endpoint: request routes drop the endpoint's sub-path."""
-        return "/".join(self.endpoint.split("/")[:2])
+        return app_id(self.endpoint)
+
+
+def app_id(endpoint: str) -> str:
+    """``owner/app`` of an endpoint: request routes drop the endpoint's sub-path."""
+    return "/".join(endpoint.split("/")[:2])
 
 
 class LimitSettings(Section):

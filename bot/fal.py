@@ -9,12 +9,13 @@ import logging
 import math
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from typing import TypeVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 from pydantic import ValidationError
 
-from bot.config import FalSettings, is_loopback
+from bot.config import FalSettings, app_id, is_loopback
 from bot.fal_http import FalAnswer, describe_failure, read_capped, sse_data
 from bot.fal_models import (
     MAX_DETAIL_CHARS,
@@ -31,6 +32,8 @@ from bot.fal_models import (
     InpaintInput,
     InpaintOutput,
     QueueStatus,
+    SegmentInput,
+    SegmentOutput,
     SubmitAnswer,
     UploadSlot,
     describe_detail,
@@ -48,6 +51,7 @@ STREAM_IDLE_MIN_S = 45.0  # fal sends a keep-alive comment every 15 s
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
 SLOW_WATCH_S = 5.0  # a job whose caller can wait this long for news is looked at by status calls, not a stream
 
+Output = TypeVar("Output", InpaintOutput, SegmentOutput)
 Pace = Callable[[QueueStatus], float]  # seconds the caller can go without news of a job in this status
 
 # the client
@@ -73,11 +77,16 @@ class FalQueueClient:
     def __repr__(self) -> str:
         return f"FalQueueClient(base_url={self._settings.base_url!r}, endpoint={self._settings.endpoint!r})"
 
-    def handle_for(self, request_id: str) -> FalHandle:
-        """The request's URLs on the configured base: ``{base}/{owner}/{app}/requests/{id}[/status|/cancel]``."""
-        root = f"{self._settings.base_url}/{self._settings.app_id}/requests/{quote(request_id, safe='')}"
+    def handle_for(self, request_id: str, *, app: str | None = None) -> FalHandle:
+        """The request's URLs on the configured base: ``{base}/{owner}/{app}/requests/{id}[/status|/cancel]``;
+        ``app`` is another endpoint's ``owner/app`` (segmentation), else the inpainting endpoint's."""
+        root = f"{self._settings.base_url}/{app or self._settings.app_id}/requests/{quote(request_id, safe='')}"
         return FalHandle(
-            request_id=request_id, status_url=f"{root}/status", response_url=root, cancel_url=f"{root}/cancel"
+            request_id=request_id,
+            status_url=f"{root}/status",
+            response_url=root,
+            cancel_url=f"{root}/cancel",
+            app_id=app,
         )
 
     def _own(self, handle: FalHandle) -> FalHandle:
@@ -86,7 +95,7 @@ class FalQueueClient:
         if all(url.startswith(prefix) for url in (handle.status_url, handle.response_url, handle.cancel_url)):
             return handle
         log.warning("request=%s had URLs off the configured fal base; rebuilt them", handle.request_id)
-        return self.handle_for(handle.request_id)
+        return self.handle_for(handle.request_id, app=handle.app_id)
 
     def _safe(self, text: str) -> str:
         """Text from fal made fit for members: no key, no URLs, one line, bounded."""
@@ -194,15 +203,19 @@ class FalQueueClient:
 
     # submit
 
-    async def submit(self, payload: InpaintInput) -> tuple[FalHandle, QueueStatus]:
-        """Send the job once; retried only when it certainly did not reach fal (no connection, 429, 503).
+    async def submit(
+        self, payload: InpaintInput | SegmentInput, *, endpoint: str | None = None
+    ) -> tuple[FalHandle, QueueStatus]:
+        """Send the job once, to ``endpoint`` (default: the configured inpainting one); retried only when it certainly
+        did not reach fal (no connection, 429, 503).
 
         Raises:
             FalSubmitUnknownError: sent but unanswered (timeout, dropped connection, unreadable answer).
             FalRejectedError: a 4xx, such as a 422 validation list or a refused key.
             FalTransientError: fal could not be reached or did not accept the job; nothing was sent.
         """
-        url = f"{self._settings.base_url}/{self._settings.endpoint}"
+        url = f"{self._settings.base_url}/{endpoint or self._settings.endpoint}"
+        app = None if endpoint is None else app_id(endpoint)
         # megabytes of data URIs: encoded off the event loop, like every other byte-crunching step
         body = await asyncio.to_thread(_json_bytes, payload)
         # fal drops a job that has not started by then (504, timeout type "user"); the bot's own deadline covers
@@ -235,7 +248,7 @@ class FalQueueClient:
             else:
                 # a 429, or a 503 that names no request, means fal did not take the job
                 if not (reply.status == 429 or (reply.status == 503 and "x-fal-request-id" not in reply.headers)):
-                    return self._submitted(reply)
+                    return self._submitted(reply, app)
                 problem = f"HTTP {reply.status}"
                 if no_retry_header(reply.headers):
                     break
@@ -247,7 +260,7 @@ class FalQueueClient:
             "please try again in a few minutes."
         )
 
-    def _submitted(self, reply: FalAnswer) -> tuple[FalHandle, QueueStatus]:
+    def _submitted(self, reply: FalAnswer, app: str | None) -> tuple[FalHandle, QueueStatus]:
         if reply.ok:
             try:
                 answer = SubmitAnswer.model_validate_json(reply.body)
@@ -264,7 +277,8 @@ class FalQueueClient:
                     urlsplit(answer.status_url).hostname,
                 )
             position = answer.queue_position if answer.status == "IN_QUEUE" else None
-            return self.handle_for(answer.request_id), QueueStatus(status=answer.status, queue_position=position)
+            handle = self.handle_for(answer.request_id, app=app)
+            return handle, QueueStatus(status=answer.status, queue_position=position)
         if reply.status in (401, 403):
             raise self._key_refused(reply)
         if 300 <= reply.status < 500:
@@ -399,7 +413,7 @@ class FalQueueClient:
         reason = self._safe(completed.error or completed.error_type or "no reason given")
         return FalJobError(f"fal could not finish this job: {reason}")
 
-    async def result(self, handle: FalHandle) -> InpaintOutput:
+    async def result(self, handle: FalHandle, output: type[Output] = InpaintOutput) -> Output:  # type: ignore[assignment]
         """The output of a COMPLETED job; fetch it promptly, fal keeps it for a limited time.
 
         Raises:
@@ -411,7 +425,7 @@ class FalQueueClient:
         reply = await self._call("GET", handle.response_url, what="fetching the result", final_5xx=True)
         if reply.ok:
             try:
-                return InpaintOutput.model_validate_json(reply.body)
+                return output.model_validate_json(reply.body)
             except ValidationError as exc:
                 raise FalJobError("fal returned a result this bot cannot read.") from exc
         detail = self._detail(reply)
@@ -501,5 +515,5 @@ class FalQueueClient:
         return slot.file_url
 
 
-def _json_bytes(payload: InpaintInput) -> bytes:
+def _json_bytes(payload: InpaintInput | SegmentInput) -> bytes:
     return json.dumps(payload.to_wire(), separators=(",", ":")).encode()

@@ -88,6 +88,19 @@ class InpaintInput(BaseModel):
         return data
 
 
+class SegmentInput(BaseModel):
+    """The body of a segmentation submit (``fal-ai/evf-sam``): words in, a black-and-white mask out."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str
+    image_url: str
+    mask_only: bool = True  # the mask itself, not the image cut out
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
 class FalHandle(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -95,6 +108,7 @@ class FalHandle(BaseModel):
     status_url: str
     response_url: str
     cancel_url: str
+    app_id: str | None = None  # ``owner/app`` of the request; None: the configured inpainting endpoint's
 
 
 class QueueStatus(_Answer):
@@ -121,6 +135,10 @@ class InpaintOutput(_Answer):
     seed: int | None = None
     has_nsfw_concepts: list[bool] = Field(default_factory=list)
     prompt: str | None = None
+
+
+class SegmentOutput(_Answer):
+    image: FalImage  # the mask: white where the words matched
 
 
 class SubmitAnswer(_Answer):

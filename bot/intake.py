@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 
-from bot import images
+from bot import images, masks
 from bot.admin import GuildAdmin
 from bot.config import Settings
 from bot.downloads import DownloadError, fetch
@@ -21,7 +21,11 @@ from bot.store import JobStore
 
 log = logging.getLogger(__name__)
 
-MASK_FILE = "mask.png"
+MASK_FILE = "mask.png"  # the mask fal receives: of the crop, at the size sent
+FULL_MASK_FILE = "full-mask.png"  # the mask at the input's size, after invert and grow: where the result goes
+ORIGINAL_FILE = "original"  # the member's image as uploaded: the composite's base
+PREVIEW_FILE = "mask-preview.jpg"  # the image with the area to repaint tinted, for the reply
+SEGMENT_INPUT_FILE = "segment-input.jpg"  # what fal's segmentation model receives (mask_prompt)
 
 
 def day_start(now: datetime) -> datetime:
@@ -82,15 +86,18 @@ class Intake:
 
     # checks without a download
 
-    async def check(self, options: InpaintOptions, origin: Origin, *, pending: int = 0) -> InpaintOptions:
+    async def check(
+        self, options: InpaintOptions, origin: Origin, *, pending: int = 0, mask_file: bool = False
+    ) -> InpaintOptions:
         """The options as they will run, or why the member may not run them now; ``pending``: the member's commands
-        checked already whose jobs are not stored yet.
+        checked already whose jobs are not stored yet; ``mask_file``: a mask is attached.
 
         Raises:
             RefusedError: access, a ban or pause, the per-member cap, a blocked term or a spent budget.
-            InputError: an option past this server's limits, or a blank prompt.
+            InputError: an option past this server's limits, a blank prompt, two mask sources or a bad box.
         """
         self._check_access(origin)
+        masks.mask_source(options, has_file=mask_file)  # two sources, or a box it cannot read
         facts = await self.store.member_facts(origin.guild_id, origin.user_id)  # one query: bursts come here first
         if (reason := self.admin.refusal_in(origin.guild_id, facts)) is not None:
             raise RefusedError(reason)
@@ -149,11 +156,16 @@ class Intake:
                 f"num_inference_steps is {options.num_inference_steps}; "
                 f"this server allows at most {limits.max_num_inference_steps}."
             )
-        lowered = options.prompt.casefold()
+        words = options.mask_prompt.strip() if options.mask_prompt is not None else None
+        if words == "":
+            raise InputError("mask_prompt is empty; say what to repaint, like “the sky”, or leave it out.")
+        lowered = f"{options.prompt}\n{words or ''}".casefold()
         if any(term.casefold() in lowered for term in safety.blocked_terms if term):
             raise RefusedError("The prompt contains a term that isn't allowed on this server.")
         checker_off = origin.channel_nsfw and safety.allow_nsfw_in_age_restricted
-        return options.model_copy(update={"prompt": options.prompt.strip(), "enable_safety_checker": not checker_off})
+        return options.model_copy(
+            update={"prompt": options.prompt.strip(), "mask_prompt": words, "enable_safety_checker": not checker_off}
+        )
 
     def _exempt(self, origin: Origin) -> bool:
         return bool(set(self.settings.budgets.exempt_role_ids) & set(origin.role_ids))
@@ -206,28 +218,73 @@ class Intake:
             raise InputError(exc.message) from exc
 
     async def prepare(self, job: Job, image: Upload, mask: Upload | None) -> None:
-        """Download, decode and store the inputs; fills the job's sizes, notes and estimate (not saved here).
+        """Download, decode and store the inputs; fills the job's sizes, notes and estimate (not saved here). A job
+        whose mask comes from words keeps its image for the segmentation, and is estimated as if the whole image
+        were repainted until the mask is found.
 
         Raises:
             InputError: an input that cannot be used, with what is wrong with it.
         """
         limits = self.settings.limits
+        source = masks.mask_source(job.options, has_file=mask is not None)
         for upload, what in ((image, "image"), (mask, "mask")):
             if upload is not None and upload.size > limits.max_input_bytes:  # before waiting for a slot
                 raise InputError(f"The {what} is {_mb(upload.size)}; the limit is {_mb(limits.max_input_bytes)}.")
         async with self._prepare_slots:
             image_bytes = await self._download(image, "image")
             mask_bytes = await self._download(mask, "mask") if mask is not None else None
-            prepared = await asyncio.to_thread(
-                images.prepare, image_bytes, mask_bytes, invert=job.options.invert_mask, limits=limits
-            )
-            del image_bytes, mask_bytes
+            if source.kind == "words":
+                found = await asyncio.to_thread(images.prepare_for_segmentation, image_bytes, limits=limits)
+            else:
+                prepared = await asyncio.to_thread(self._prepare, job, image_bytes, mask_bytes, source)
+            del mask_bytes
+        await asyncio.to_thread(self.files.write, job.id, ORIGINAL_FILE, image_bytes)  # for the composite
+        if source.kind != "words":
+            await self._keep(job, prepared)
+            return
+        await asyncio.to_thread(self.files.write, job.id, SEGMENT_INPUT_FILE, found.image)
+        job.width, job.height = found.width, found.height
+        job.sent_width, job.sent_height = masks.sent_size(found.width, found.height, limits.max_megapixels, 0)
+        job.cost_estimate_usd = self._estimate(job, job.sent_width, job.sent_height)  # the most it can cost
+
+    async def mask_found(self, job: Job, segmentation: bytes) -> None:
+        """Build the inpainting's inputs from fal's segmentation of the job's stored image (not saved here).
+
+        Raises:
+            InputError: the mask cannot be read, or the words matched nothing.
+        """
+        original = await asyncio.to_thread(self.files.read, job.id, ORIGINAL_FILE)
+        source = masks.MaskSource("words", words=job.options.mask_prompt)
+        prepared = await asyncio.to_thread(self._prepare, job, original, segmentation, source)
+        await self._keep(job, prepared)
+
+    def _prepare(self, job: Job, image: bytes, mask: bytes | None, source: masks.MaskSource) -> images.PreparedInput:
+        options = job.options
+        return images.prepare(
+            image,
+            mask,
+            invert=options.invert_mask,
+            limits=self.settings.limits,
+            source=source,
+            grow_px=options.mask_grow,
+            feather_px=options.mask_feather,
+        )
+
+    async def _keep(self, job: Job, prepared: images.PreparedInput) -> None:
         job.input_mime = prepared.image_mime
         await asyncio.to_thread(self.files.write, job.id, input_file(job), prepared.image)
         await asyncio.to_thread(self.files.write, job.id, MASK_FILE, prepared.mask)
+        await asyncio.to_thread(self.files.write, job.id, FULL_MASK_FILE, prepared.full_mask)
+        await asyncio.to_thread(self.files.write, job.id, PREVIEW_FILE, prepared.preview)
         job.width, job.height = prepared.width, prepared.height
         job.sent_width, job.sent_height = prepared.sent_width, prepared.sent_height
+        job.crop = prepared.crop
         job.notes = list(prepared.notes)
-        job.cost_estimate_usd = estimate_cost(
-            self.settings.fal.price_per_megapixel, prepared.sent_width, prepared.sent_height, job.options.num_images
-        )
+        job.cost_estimate_usd = self._estimate(job, prepared.sent_width, prepared.sent_height)
+
+    def _estimate(self, job: Job, width: int, height: int) -> float:
+        """The inpainting at the size sent, plus the segmentation when the mask comes from words."""
+        cost = estimate_cost(self.settings.fal.price_per_megapixel, width, height, job.options.num_images)
+        if job.options.mask_prompt is not None:
+            cost += self.settings.masks.segment_price_usd
+        return round(cost, 6)

@@ -24,6 +24,7 @@ def utcnow() -> datetime:
 class JobState(StrEnum):
     ACCEPTED = "accepted"  # row written at acknowledge; inputs not yet validated
     WAITING = "waiting"  # validated, inputs on disk, in this bot's line
+    SEGMENTING = "segmenting"  # the mask is asked of fal's segmentation model (mask_prompt): never re-sent on resume
     SUBMITTING = "submitting"  # a submit may be on the wire: never re-sent on resume
     QUEUED = "queued"  # fal holds it (request id known), IN_QUEUE
     RUNNING = "running"  # IN_PROGRESS at fal
@@ -39,7 +40,7 @@ class JobState(StrEnum):
 
     @property
     def at_fal(self) -> bool:
-        return self in (JobState.SUBMITTING, JobState.QUEUED, JobState.RUNNING)
+        return self in (JobState.SEGMENTING, JobState.SUBMITTING, JobState.QUEUED, JobState.RUNNING)
 
 
 FINISHED_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
@@ -119,6 +120,10 @@ class Job(BaseModel):
     input_mime: str = "image/jpeg"  # how the prepared image is stored in the job's folder
     image_url: str | None = None  # fal storage URLs when fal.upload_inputs is on
     mask_url: str | None = None
+    # the part of the input sent to fal (left, top, right, bottom; SPEC 11), set once the mask is known; None for a
+    # job stored before crops existed (the whole image was sent) or one whose mask fal has not found yet
+    crop: tuple[int, int, int, int] | None = None
+    segment_request_id: str | None = None  # the segmentation at fal (mask_prompt); its price is charged once sent
 
     # filled at fal
     request_id: str | None = None

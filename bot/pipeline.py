@@ -4,6 +4,7 @@ state, or (at shutdown) leaves a row that the next start resumes; each state is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
@@ -16,14 +17,33 @@ import aiohttp
 
 from bot import images
 from bot.admin import GuildAdmin
-from bot.config import Settings
+from bot.config import Settings, app_id
 from bot.downloads import fetch
 from bot.errors import RefusedError, UserFacingError, user_message
 from bot.eta import QueueEstimator
 from bot.fal import FalQueueClient
-from bot.fal_models import FalError, FalHandle, FalJobError, InpaintInput, QueueStatus, fal_input
+from bot.fal_models import (
+    FalError,
+    FalHandle,
+    FalJobError,
+    InpaintInput,
+    QueueStatus,
+    SegmentInput,
+    SegmentOutput,
+    fal_input,
+)
 from bot.files import JobFiles
-from bot.intake import MASK_FILE, Intake, day_start, input_file, month_start, result_file
+from bot.intake import (
+    FULL_MASK_FILE,
+    MASK_FILE,
+    ORIGINAL_FILE,
+    SEGMENT_INPUT_FILE,
+    Intake,
+    day_start,
+    input_file,
+    month_start,
+    result_file,
+)
 from bot.models import InpaintOptions, Job, JobState, Origin, Upload, utcnow
 from bot.policy import Action, Step, decide
 from bot.progress import (
@@ -48,6 +68,10 @@ T = TypeVar("T")
 SUBMIT_UNKNOWN = (
     "fal did not answer when the job was sent, so it may still run and be billed. "
     "It was not sent again; check back or run /inpaint again."
+)
+SEGMENT_UNKNOWN = (
+    "fal did not answer when the bot asked it to find the mask, so it was not asked again (it may bill that "
+    "search). Please run /inpaint again."
 )
 RESTARTED_WHILE_CHECKING = "The bot restarted while checking your upload; please run /inpaint again."
 
@@ -87,7 +111,7 @@ class JobPipeline:
         self.intake = Intake(settings=settings, store=store, admin=admin, files=files, session=session, clock=clock)
         self.critical = CriticalSections()
         self.eta = QueueEstimator()
-        self._watches: dict[str, asyncio.Task[Job]] = {}
+        self._watches: dict[str, asyncio.Task[object]] = {}  # what a cancel stops: a watch at fal
         self._cancel_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     # 1. accept: everything is checked before the job enters the line
@@ -98,7 +122,8 @@ class JobPipeline:
         Raises:
             UserFacingError: the job was refused; nothing was submitted and nothing is charged.
         """
-        options = await self.intake.check(options, origin)  # again: things may have changed since the cog asked
+        # again: things may have changed since the cog asked
+        options = await self.intake.check(options, origin, mask_file=mask is not None)
         job = Job(origin=origin, options=options)
         if not await self.store.create(job, max_unfinished_per_user=self.settings.limits.max_jobs_per_user):
             raise RefusedError(self.intake.cap_text())
@@ -145,6 +170,8 @@ class JobPipeline:
                         job = await self.critical.run(self._submit(job))
                         if job.state is JobState.WAITING:
                             return  # held by an admin, or fal turned it away: the line takes it again later
+                    case JobState.SEGMENTING:
+                        job = await self._find_mask(job)  # back to WAITING with its mask, and on to the submit
                     case JobState.SUBMITTING:
                         # Only a crash between "submitting" and "queued" leaves this state: the submit may be paid.
                         job = await self._fail(job, SUBMIT_UNKNOWN, billed=True)
@@ -175,6 +202,8 @@ class JobPipeline:
         if (reason := await self.admin.job_refusal(job)) is not None:
             log.info("job=%s held back: %s", job.id, reason)
             return job  # still waiting; the line leaves it out until the hold ends
+        if job.crop is None and job.options.mask_prompt is not None:
+            return await self._submit_segmentation(job)
         try:
             payload = await self._payload(job)
             job = await self._save(job, JobState.SUBMITTING)  # from here on, a crash means "maybe paid"
@@ -206,6 +235,85 @@ class JobPipeline:
         )
         await self._show(job)
         return job
+
+    # 2a. a mask from words: fal's segmentation model first, submitted once like the inpainting (SPEC 11)
+
+    async def _submit_segmentation(self, job: Job) -> Job:
+        try:
+            payload = SegmentInput(prompt=job.options.mask_prompt or "", image_url=await self._segment_image(job))
+            job = await self._save(job, JobState.SEGMENTING)  # from here on, a crash means "maybe paid"
+            await self._show(job)
+            handle, _ = await self.fal.submit(payload, endpoint=self.settings.masks.segment_endpoint)
+        except StaleJobError:
+            raise
+        except Exception as exc:
+            action = decide(Step.SUBMIT, exc)
+            if action is Action.REQUEUE:
+                return await self._requeue(job, exc)
+            raise _Stop(action, exc) from exc
+        job.segment_request_id = handle.request_id
+        log.info("job=%s segmentation submitted request=%s", job.id, handle.request_id)
+        return await self._save(job)
+
+    async def _segment_image(self, job: Job) -> str:
+        image = await asyncio.to_thread(self.files.read, job.id, SEGMENT_INPUT_FILE)
+        if not self.settings.fal.upload_inputs:
+            return await asyncio.to_thread(images.data_uri, image, "image/jpeg")
+        if job.image_url is None:  # uploaded once; a requeued job reuses the fal URL
+            job.image_url = await self.fal.upload(image, "image/jpeg", SEGMENT_INPUT_FILE)
+        return job.image_url
+
+    async def _find_mask(self, job: Job) -> Job:
+        """Wait for the segmentation, fetch its mask and build the inpainting's inputs from it."""
+        if job.segment_request_id is None:  # the process died while the segmentation was being sent
+            return await self._fail(job, SEGMENT_UNKNOWN, billed=False)
+        handle = self.segment_handle(job)
+        deadline = self.clock() + timedelta(seconds=self.settings.fal.job_timeout_s)
+        watch = asyncio.create_task(
+            self._attempt(job, Step.WATCH, functools.partial(self._completed, handle), deadline),
+            name=f"fluxpaint-segment-{job.id}",
+        )
+        self._watches[job.id] = watch
+        try:
+            async with asyncio.timeout(self.settings.fal.job_timeout_s) as scope:
+                await watch
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            with contextlib.suppress(FalError):
+                await self.fal.cancel(handle)
+            return await self._fail(job, "fal did not find the mask in time, so the job was cancelled.", billed=False)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # shutdown: the next start watches the segmentation again, by its request id
+            if (lock := self._cancel_locks.get(job.id)) is not None:  # a cancel is deciding
+                async with lock:
+                    pass
+            return await self._reread(job)
+        finally:
+            self._watches.pop(job.id, None)
+        output = await self._attempt(
+            job, Step.RESULT, functools.partial(self.fal.result, handle, SegmentOutput), deadline
+        )
+        raw = await self._attempt(job, Step.DOWNLOAD, functools.partial(self._download, output.image.url), deadline)
+        try:
+            await self.intake.mask_found(job, raw)
+        except UserFacingError as exc:  # "nothing matched …": no inpainting is sent
+            raise _Stop(Action.FAIL, exc) from exc
+        log.info("job=%s mask found", job.id)
+        job = await self._save(job, JobState.WAITING)
+        await self._show(job)
+        return job
+
+    async def _completed(self, handle: FalHandle) -> None:
+        try:
+            async for status in self.fal.watch(handle):
+                if status.status == "COMPLETED":
+                    return
+        except FalJobError as exc:
+            raise FalJobError(f"fal could not find the mask: {exc.message}") from exc
+        raise FalJobError("fal stopped reporting on the mask search before it finished.")
 
     async def _requeue(self, job: Job, exc: BaseException) -> Job:
         """fal did not take the job (nothing was sent): back in line for a later try, within the job's deadline."""
@@ -348,7 +456,8 @@ class JobPipeline:
         job.result_files = names
         job.seed = output.seed if output.seed is not None else job.options.seed
         job.nsfw_flags = list(output.has_nsfw_concepts)
-        job.cost_usd = round(self.settings.fal.price_per_megapixel * megapixels, 6)
+        searched = self.settings.masks.segment_price_usd if job.segment_request_id is not None else 0.0
+        job.cost_usd = round(self.settings.fal.price_per_megapixel * megapixels + searched, 6)
         job.completed_at = self.clock()
         job.queue_position = None
         return await self._save(job, JobState.FETCHED)
@@ -365,7 +474,13 @@ class JobPipeline:
         )
 
     async def _decode(self, job: Job, raw: bytes) -> bytes:
+        """fal's result at the input's size: pasted into the member's photo inside the mask (SPEC 11), or, for a job
+        stored before crops existed, the whole result scaled back."""
         assert job.width is not None and job.height is not None
+        original = full_mask = None
+        if job.crop is not None:
+            original = await asyncio.to_thread(self.files.read, job.id, ORIGINAL_FILE)
+            full_mask = await asyncio.to_thread(self.files.read, job.id, FULL_MASK_FILE)
         return await asyncio.to_thread(
             images.finish_output,
             raw,
@@ -373,6 +488,10 @@ class JobPipeline:
             height=job.height,
             output_format=job.options.output_format,
             limits=self.settings.limits,
+            original=original,
+            crop=job.crop,
+            full_mask=full_mask,
+            feather_px=job.options.mask_feather,
         )
 
     async def _deliver(self, job: Job) -> Job:
@@ -431,8 +550,7 @@ class JobPipeline:
         """
         self.eta.forget(job.id)
         job.cancel_requested_by = user_id
-        if billed and job.cost_usd is None:
-            job.cost_usd = job.cost_estimate_usd
+        self._charge(job, billed=billed)
         job.notes = [*job.notes, f"Cancelled by <@{user_id}>." if user_id is not None else note]
         job = await self._save(job, JobState.CANCELLED)
         log.info("job=%s cancelled by user=%s", job.id, user_id)
@@ -493,11 +611,21 @@ class JobPipeline:
     async def _show(self, job: Job) -> None:
         await self.notifier.update(job, progress_reply(job, eta_s=self._eta_s(job)))
 
+    def _charge(self, job: Job, *, billed: bool) -> None:
+        """What a job that ends early costs: its estimate when the inpainting may be paid, the segmentation's price
+        when only that was sent, else nothing."""
+        if job.cost_usd is not None:
+            return
+        inpainting_sent = job.request_id is not None or job.state is not JobState.SEGMENTING
+        if billed and inpainting_sent:
+            job.cost_usd = job.cost_estimate_usd
+        elif job.segment_request_id is not None or job.state is JobState.SEGMENTING:
+            job.cost_usd = self.settings.masks.segment_price_usd
+
     async def _fail(self, job: Job, message: str, *, billed: bool) -> Job:
         self.eta.forget(job.id)
         job.error = message
-        if billed and job.cost_usd is None:
-            job.cost_usd = job.cost_estimate_usd
+        self._charge(job, billed=billed)
         job = await self._save(job, JobState.FAILED)
         log.warning("job=%s failed: %s", job.id, message)
         await self.notifier.finish(job, progress_reply(job))
@@ -518,6 +646,10 @@ class JobPipeline:
                 await self._fail(fresh, message, billed=billed)
         except Exception as again:  # the store itself is failing: the next start resumes the row
             log.error("job=%s could not be marked failed", job.id, exc_info=again)
+
+    def segment_handle(self, job: Job) -> FalHandle:
+        assert job.segment_request_id is not None
+        return self.fal.handle_for(job.segment_request_id, app=app_id(self.settings.masks.segment_endpoint))
 
     def handle(self, job: Job) -> FalHandle:
         assert job.request_id is not None

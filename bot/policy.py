@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
+from bot.decode import ImageError
 from bot.downloads import DownloadError, DownloadTransientError
 from bot.fal_models import (
     FalJobError,
@@ -13,7 +14,6 @@ from bot.fal_models import (
     FalSubmitUnknownError,
     FalTransientError,
 )
-from bot.images import ImageError
 from bot.progress import DeliveryError
 
 

@@ -165,6 +165,8 @@ def status_line(
         case JobState.WAITING:
             where = f"#{line_position} in this bot's queue" if line_position else "in this bot's queue"
             return f"⏳ Waiting: {where} (fal runs a few jobs at a time for this bot)"
+        case JobState.SEGMENTING:
+            return f"🔍 Finding “{_preview(job.options.mask_prompt or '', 60)}” in your image…"
         case JobState.SUBMITTING:
             return "📨 Sending to fal…"
         case JobState.QUEUED:
@@ -190,7 +192,13 @@ def progress_reply(
     lines = [status_line(job, line_position=line_position, held=held, eta_s=eta_s), summary_line(job)]
     lines.extend(f"ℹ️ {note}" for note in job.notes)
     content = "\n".join(lines)[:MAX_CONTENT]
-    cancellable = job.state in (JobState.WAITING, JobState.SUBMITTING, JobState.QUEUED, JobState.RUNNING)
+    cancellable = job.state in (
+        JobState.WAITING,
+        JobState.SEGMENTING,
+        JobState.SUBMITTING,
+        JobState.QUEUED,
+        JobState.RUNNING,
+    )
     stage = f"{job.state.value}:held" if held is not None and job.state is JobState.WAITING else job.state.value
     position = job.queue_position if job.state is JobState.QUEUED else line_position
     return Reply(content=content, cancel_button=cancellable, stage=stage, refresh_s=refresh_s(position))

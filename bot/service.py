@@ -150,7 +150,7 @@ class JobService:
 
     # members
 
-    async def check(self, options: InpaintOptions, origin: Origin) -> None:
+    async def check(self, options: InpaintOptions, origin: Origin, *, mask_file: bool = False) -> None:
         """The refusals that need no download, so the cog can answer them privately before anything is public.
 
         Raises:
@@ -164,7 +164,7 @@ class JobService:
         self._checked[member] = [*pending, now]  # counted before the first await: the burst runs meanwhile
         try:
             async with asyncio.timeout(CHECK_BUDGET_S):
-                await self.pipeline.intake.check(options, origin, pending=len(pending))
+                await self.pipeline.intake.check(options, origin, pending=len(pending), mask_file=mask_file)
         except TimeoutError:  # a busy store must not cost the acknowledgement: accept checks again after it
             log.warning(
                 "guild=%s user=%s the checks before the defer were slow; deferring first",

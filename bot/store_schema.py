@@ -18,13 +18,14 @@ log = logging.getLogger("bot.store")  # one logger for the store, whichever of i
 UNFINISHED_STATES: Final = tuple(s for s in JobState if s not in FINISHED_STATES)
 IN_FLIGHT_STATES: Final = (
     JobState.WAITING,
+    JobState.SEGMENTING,
     JobState.SUBMITTING,
     JobState.QUEUED,
     JobState.RUNNING,
     JobState.FETCHED,
     JobState.DELIVERING,
 )
-AT_FAL_STATES: Final = (JobState.SUBMITTING, JobState.QUEUED, JobState.RUNNING)
+AT_FAL_STATES: Final = (JobState.SEGMENTING, JobState.SUBMITTING, JobState.QUEUED, JobState.RUNNING)
 
 # Applied in order, each in one transaction; PRAGMA user_version is the number applied. Never edit a shipped one.
 MIGRATIONS: Final[tuple[str, ...]] = (

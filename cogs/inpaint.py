@@ -11,7 +11,7 @@ from discord.ext import commands
 from pydantic import SecretStr
 
 from bot.app import FluxpaintBot
-from bot.models import InpaintOptions, Origin, Upload
+from bot.models import InpaintOptions, MaskRegion, Origin, Upload
 from bot.service import JobService
 
 
@@ -58,6 +58,11 @@ class Inpaint(commands.Cog):
         seed="Use the same seed to repeat a result (random if left out)",
         output_format="File format of the results (default jpeg)",
         invert_mask="Repaint the black part of the mask instead of the white part",
+        mask_prompt="No mask file? Say what to repaint (“the sky”, “the dog's collar”)",
+        box="Or repaint a box: x1,y1,x2,y2 in percent of width and height, like 25,10,75,60",
+        region="Or repaint a part of the image",
+        mask_grow="Grow the mask by this many pixels (default 0)",
+        mask_feather="Soften the edge where the result meets your photo, in pixels (default 8)",
     )
     @app_commands.guild_only()
     async def inpaint(
@@ -73,6 +78,11 @@ class Inpaint(commands.Cog):
         seed: app_commands.Range[int, 0, 2**53 - 1] | None = None,
         output_format: Literal["jpeg", "png"] = "jpeg",
         invert_mask: bool = False,
+        mask_prompt: app_commands.Range[str, 1, 200] | None = None,
+        box: app_commands.Range[str, 1, 100] | None = None,
+        region: MaskRegion | None = None,
+        mask_grow: app_commands.Range[int, 0, 128] = 0,
+        mask_feather: app_commands.Range[int, 0, 64] = 8,
     ) -> None:
         options = InpaintOptions(
             prompt=prompt,
@@ -83,10 +93,15 @@ class Inpaint(commands.Cog):
             seed=seed,
             output_format=output_format,
             invert_mask=invert_mask,
+            mask_prompt=mask_prompt,
+            box=box,
+            region=region,
+            mask_grow=mask_grow,
+            mask_feather=mask_feather,
         )
         ttl_s = self.service.settings.ui.token_ttl_s
         # Refusals that need no download are answered privately (the tree's on_error), before anything is public.
-        await self.service.check(options, _origin(interaction, None, ttl_s))
+        await self.service.check(options, _origin(interaction, None, ttl_s), mask_file=mask is not None)
         callback = await interaction.response.defer(thinking=True)  # within the 3 s deadline, before any download
         message_id = callback.message_id if callback is not None else None
         if message_id is None:

@@ -69,7 +69,9 @@ def test_a_job_far_back_is_looked_at_less_often(position: int | None, stale_s: f
     estimator = QueueEstimator(clock)
     moving_queue(clock, estimator, jobs=3, seconds=60, every_s=1.0)  # one place a second
     # the speed is counted up to now: 60 places in 61 s
-    assert estimator.unobserved_s(position, stale_s=stale_s, near=10, unknown_s=7.0) == pytest.approx(expected, rel=0.02)
+    assert estimator.unobserved_s(position, stale_s=stale_s, near=10, unknown_s=7.0) == pytest.approx(
+        expected, rel=0.02
+    )
 
 
 def test_a_job_far_back_is_looked_at_often_while_the_queue_speed_is_unknown() -> None:

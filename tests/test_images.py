@@ -7,25 +7,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image, ImageDraw, ImageFile
+from PIL import Image, ImageChops, ImageDraw, ImageFile
 
 from bot.config import LimitSettings
+from bot.decode import ImageError, sniff_format
 from bot.errors import InputError, user_message
 from bot.images import (
-    ImageError,
     PreparedInput,
-    capped_size,
     data_uri,
     finish_output,
     fit_upload,
     prepare,
-    sniff_format,
+    prepare_for_segmentation,
 )
+from bot.masks import MaskSource, grow, parse_box, sent_size
 from bot.models import OutputFormat
 
 # Copies of /work/shared/fixtures (public domain photos, see README.md there); FLUXPAINT_FIXTURES overrides.
 FIXTURES = Path(os.environ.get("FLUXPAINT_FIXTURES") or Path(__file__).resolve().parent / "fixtures")
 LIMITS = LimitSettings()
+WHOLE = LimitSettings(crop_to_mask=False)  # SPEC 3's whole-image path: the crop is SPEC 11's, tested below
 MiB = 1024 * 1024
 
 
@@ -100,7 +101,7 @@ def close(pixel: object, expected: object, tolerance: int = 8) -> bool:
 
 
 def test_coffee_and_its_mask_keep_the_size_and_repaint_the_crema() -> None:
-    prepared = prepare(fixture("coffee.png"), fixture("coffee_mask.png"), invert=False, limits=LIMITS)
+    prepared = prepare(fixture("coffee.png"), fixture("coffee_mask.png"), invert=False, limits=WHOLE)
 
     assert (prepared.width, prepared.height) == (600, 400)
     assert (prepared.sent_width, prepared.sent_height) == (600, 400)
@@ -113,7 +114,7 @@ def test_coffee_and_its_mask_keep_the_size_and_repaint_the_crema() -> None:
 @pytest.mark.parametrize("threshold", [1, 128, 255], ids=["any-grey", "half", "only-white"])
 def test_soft_nose_mask_is_thresholded_at_the_configured_level(threshold: int) -> None:
     nose = opened(fixture("chelsea_nose_mask.png"))
-    limits = LimitSettings(mask_threshold=threshold)
+    limits = LimitSettings(mask_threshold=threshold, crop_to_mask=False)
 
     prepared = prepare(fixture("chelsea.png"), fixture("chelsea_nose_mask.png"), invert=False, limits=limits)
 
@@ -123,7 +124,7 @@ def test_soft_nose_mask_is_thresholded_at_the_configured_level(threshold: int) -
 
 
 def test_soft_nose_mask_at_the_default_threshold_keeps_the_soft_edge_out() -> None:
-    prepared = prepare(fixture("chelsea.png"), fixture("chelsea_nose_mask.png"), invert=False, limits=LIMITS)
+    prepared = prepare(fixture("chelsea.png"), fixture("chelsea_nose_mask.png"), invert=False, limits=WHOLE)
 
     nose = opened(fixture("chelsea_nose_mask.png"))
     assert share_at_least(nose, 255) < prepared.mask_fraction < share_at_least(nose, 1)
@@ -133,7 +134,7 @@ def test_soft_nose_mask_at_the_default_threshold_keeps_the_soft_edge_out() -> No
 def test_erased_eyes_are_the_mask_when_no_mask_is_attached() -> None:
     erased = opened(fixture("chelsea_eyes_erased_rgba.png"))
 
-    prepared = prepare(fixture("chelsea_eyes_erased_rgba.png"), None, invert=False, limits=LIMITS)
+    prepared = prepare(fixture("chelsea_eyes_erased_rgba.png"), None, invert=False, limits=WHOLE)
 
     transparent = erased.getchannel("A").point(lambda a: 255 if a < 128 else 0)
     assert sent_mask(prepared).tobytes() == transparent.tobytes()
@@ -259,7 +260,7 @@ def test_palette_image_with_a_transparent_entry_is_its_own_mask() -> None:
     sticker.putpalette([0, 0, 0, 30, 200, 30])
     ImageDraw.Draw(sticker).rectangle((0, 0, 63, 15), fill=0)  # the top quarter uses the transparent entry
 
-    prepared = prepare(encode(sticker, transparency=0), None, invert=False, limits=LIMITS)
+    prepared = prepare(encode(sticker, transparency=0), None, invert=False, limits=WHOLE)
 
     assert prepared.mask_fraction == pytest.approx(0.25)
     assert close(sent_image(prepared).getpixel((32, 48)), (30, 200, 30))
@@ -277,9 +278,9 @@ def test_mask_of_the_same_shape_is_resized_to_the_image(mask_size: tuple[int, in
     crema = opened(fixture("coffee_mask.png")).resize(mask_size)
 
     if accepted:
-        prepared = prepare(fixture("coffee.png"), encode(crema), invert=False, limits=LIMITS)
+        prepared = prepare(fixture("coffee.png"), encode(crema), invert=False, limits=WHOLE)
         assert (prepared.sent_width, prepared.sent_height) == (600, 400)
-        reference = prepare(fixture("coffee.png"), fixture("coffee_mask.png"), invert=False, limits=LIMITS)
+        reference = prepare(fixture("coffee.png"), fixture("coffee_mask.png"), invert=False, limits=WHOLE)
         assert prepared.mask_fraction == pytest.approx(reference.mask_fraction, abs=0.005)
         resized = [note for note in prepared.notes if "was resized to the image's 600×400" in note]
         assert len(resized) == (mask_size != (600, 400))
@@ -340,7 +341,7 @@ def test_large_photo_is_downscaled_to_the_megapixel_cap_with_a_note() -> None:
     photo = encode(Image.linear_gradient("L").resize((2000, 1500)).convert("RGB"), "JPEG")
     mask = white_box_mask((2000, 1500), (0, 0, 999, 1499))
 
-    prepared = prepare(photo, mask, invert=False, limits=LimitSettings(max_megapixels=2.0))
+    prepared = prepare(photo, mask, invert=False, limits=LimitSettings(max_megapixels=2.0, crop_to_mask=False))
 
     assert (prepared.width, prepared.height) == (2000, 1500)
     assert (prepared.sent_width, prepared.sent_height) == (1632, 1224)
@@ -367,7 +368,7 @@ def test_large_photo_is_downscaled_to_the_megapixel_cap_with_a_note() -> None:
     ids=["photo", "odd-width-under-cap", "just-under", "just-over", "portrait", "sliver-keeps-8px"],
 )
 def test_megapixel_cap(size: tuple[int, int], max_megapixels: float, expected: tuple[int, int]) -> None:
-    assert capped_size(*size, max_megapixels) == expected
+    assert sent_size(*size, max_megapixels, min_megapixels=0) == expected
 
 
 def test_thin_strokes_survive_a_large_downscale() -> None:
@@ -405,7 +406,7 @@ def test_tiny_image_is_refused() -> None:
 def test_every_accepted_format_is_read(fmt: str, params: dict[str, Any]) -> None:
     cat = opened(fixture("chelsea.png")).convert("RGB")
 
-    prepared = prepare(encode(cat, fmt, **params), fixture("chelsea_nose_mask.png"), invert=False, limits=LIMITS)
+    prepared = prepare(encode(cat, fmt, **params), fixture("chelsea_nose_mask.png"), invert=False, limits=WHOLE)
 
     assert (prepared.width, prepared.height) == (451, 300)
     assert close(sent_image(prepared).getpixel((225, 150)), cat.getpixel((225, 150)), tolerance=40)
@@ -609,6 +610,247 @@ def test_unreadable_result_is_reported_as_fal_s(from_fal: bytes) -> None:
         finish_output(from_fal, width=64, height=64, output_format="png", limits=LIMITS)
 
     assert info.value.message == "fal returned an image that could not be read."
+
+
+# crop and composite (SPEC 11)
+
+MAGENTA = (255, 0, 255)
+CROP_NOTE = "is sent to fal; the rest of your photo is kept as it is."
+
+
+def box_source(text: str) -> MaskSource:
+    return MaskSource("box", box=parse_box(text))
+
+
+def delivered(image: bytes, prepared: PreparedInput, *, feather_px: int = 8, colour: Any = MAGENTA) -> Image.Image:
+    """The PNG delivered when fal paints the whole crop in one colour (at the size it was sent)."""
+    from_fal = encode(Image.new("RGB", (prepared.sent_width, prepared.sent_height), colour))
+    final = finish_output(
+        from_fal,
+        width=prepared.width,
+        height=prepared.height,
+        output_format="png",
+        limits=LIMITS,
+        original=image,
+        crop=prepared.crop,
+        full_mask=prepared.full_mask,
+        feather_px=feather_px,
+    )
+    result = opened(final)
+    assert (result.format, result.mode, result.size) == ("PNG", "RGB", (prepared.width, prepared.height))
+    return result
+
+
+def changed_outside(result: Image.Image, reference: Image.Image, area: tuple[int, int, int, int]) -> Any:
+    """The bounding box of the pixels outside ``area`` (the mask plus its feather) that differ from ``reference``."""
+    diff = ImageChops.difference(result, reference.convert("RGB"))
+    diff.paste((0, 0, 0), area)
+    return diff.getbbox()
+
+
+def full_mask(prepared: PreparedInput) -> Image.Image:
+    mask = opened(prepared.full_mask)
+    assert (mask.format, mask.mode, mask.size) == ("PNG", "L", (prepared.width, prepared.height))
+    return mask
+
+
+def test_big_photo_with_a_small_mask_sends_only_a_crop_and_keeps_every_other_pixel() -> None:
+    size = (4000, 3000)
+    bands = [Image.linear_gradient("L").resize(size), Image.radial_gradient("L").resize(size), Image.new("L", size, 90)]
+    photo = encode(Image.merge("RGB", bands), "JPEG", quality=90)
+
+    prepared = prepare(photo, None, invert=False, limits=LIMITS, source=box_source("50,30,60,40"), feather_px=8)
+
+    assert prepared.mask_fraction == pytest.approx(0.01)  # 400 × 300 of 4000 × 3000
+    assert prepared.crop == (1900, 825, 2500, 1275)
+    assert 500_000 <= prepared.sent_width * prepared.sent_height <= 2_000_000
+    assert sent_image(prepared).size == sent_mask(prepared).size
+    assert prepared.notes == (f"Only the area around the mask (600×450) {CROP_NOTE}",)
+    assert opened(prepared.preview).size == (512, 384)
+    result = delivered(photo, prepared)
+    assert changed_outside(result, opened(photo), (2000 - 8, 900 - 8, 2400 + 8, 1200 + 8)) is None
+    assert result.getpixel((2001, 901)) == result.getpixel((2399, 1199)) == MAGENTA
+
+
+MODES_SIZE = (1000, 750)  # large enough that a crop around the hole costs less than the whole
+
+
+def _rgba_with_a_hole() -> bytes:
+    im = gradient_rgb(MODES_SIZE).convert("RGBA")
+    im.paste((0, 0, 0, 0), HOLE_SOURCE)
+    return encode(im)
+
+
+def _palette_with_a_transparent_hole() -> bytes:
+    im = Image.new("P", MODES_SIZE, 1)
+    im.putpalette([0, 0, 0, 30, 200, 30, 200, 30, 30])
+    ImageDraw.Draw(im).rectangle((0, 0, 999, 100), fill=2)
+    ImageDraw.Draw(im).rectangle((400, 250, 599, 499), fill=0)
+    return encode(im, transparency=0)
+
+
+def _sixteen_bit() -> bytes:
+    return encode(boxed(MODES_SIZE, (0, 0, 249, 749), fill=257 * 200, background=257 * 100, mode="I;16"))
+
+
+def _sixteen_bit_seen() -> Image.Image:  # 257 × v is exactly v in 8 bits
+    return boxed(MODES_SIZE, (0, 0, 249, 749), fill=(200, 200, 200), background=(100, 100, 100), mode="RGB")
+
+
+def gradient_rgb(size: tuple[int, int]) -> Image.Image:
+    bands = [Image.linear_gradient("L").resize(size), Image.radial_gradient("L").resize(size), Image.new("L", size, 60)]
+    return Image.merge("RGB", bands)
+
+
+HOLE_SOURCE = (400, 250, 600, 500)  # 40 % of 1000, 33.3… % of 750, …
+
+
+@pytest.mark.parametrize(
+    ("image", "source", "seen"),
+    [
+        (_rgba_with_a_hole(), None, lambda data: opened(data).convert("RGB")),
+        (_palette_with_a_transparent_hole(), None, lambda data: opened(data).convert("RGB")),
+        (_sixteen_bit(), box_source("40,33.34,60,66.66"), lambda data: _sixteen_bit_seen()),
+        (
+            encode(gradient_rgb(MODES_SIZE).convert("CMYK"), "JPEG", quality=95),
+            box_source("40,33.34,60,66.66"),
+            lambda data: opened(data).convert("RGB"),
+        ),
+        (encode(gradient_rgb(MODES_SIZE).convert("L")), box_source("40,33.34,60,66.66"), lambda data: opened(data)),
+    ],
+    ids=["rgba-transparent-hole", "palette-transparent-hole", "16-bit-grey", "cmyk-jpeg", "greyscale"],
+)
+def test_composite_keeps_the_original_after_mode_conversion(
+    image: bytes, source: MaskSource | None, seen: Callable[[bytes], Image.Image]
+) -> None:
+    prepared = prepare(image, None, invert=False, limits=LIMITS, source=source, feather_px=6)
+
+    assert full_mask(prepared).getbbox() == HOLE_SOURCE
+    assert prepared.crop != (0, 0, *MODES_SIZE)  # a crop: 0.75 MP is more than the crop is sent at
+    result = delivered(image, prepared, feather_px=6)
+    assert changed_outside(result, seen(image), (394, 244, 606, 506)) is None
+    assert result.getpixel((400, 250)) == result.getpixel((599, 499)) == MAGENTA
+
+
+def test_whole_image_sent_is_still_pasted_only_inside_the_mask() -> None:
+    prepared = prepare(fixture("coffee.png"), fixture("coffee_mask.png"), invert=False, limits=WHOLE, feather_px=4)
+    crema = opened(fixture("coffee_mask.png")).convert("L")
+
+    result = delivered(fixture("coffee.png"), prepared, feather_px=4)
+
+    assert prepared.crop == (0, 0, 600, 400) and (prepared.sent_width, prepared.sent_height) == (600, 400)
+    assert not any(CROP_NOTE in note for note in prepared.notes)
+    diff = ImageChops.difference(result, opened(fixture("coffee.png")).convert("RGB"))
+    diff.paste((0, 0, 0), (0, 0), grow(crema, 4))
+    assert diff.getbbox() is None
+    bbox = crema.getbbox()
+    assert bbox is not None
+    middle = ((bbox[0] + bbox[2]) // 2, (bbox[1] + bbox[3]) // 2)
+    assert crema.getpixel(middle) == 255 and result.getpixel(middle) == MAGENTA
+
+
+def test_mask_selecting_everything_delivers_fals_result_as_it_is() -> None:
+    prepared = prepare(
+        fixture("chelsea.png"), None, invert=False, limits=LIMITS, source=MaskSource("region", region="everything")
+    )
+
+    assert prepared.crop == (0, 0, 451, 300) and (prepared.sent_width, prepared.sent_height) == (451, 300)
+    assert prepared.mask_fraction == 1.0
+    assert prepared.notes == ("The mask selects the whole image, so all of it is repainted.",)
+    result = delivered(fixture("chelsea.png"), prepared, colour=(10, 120, 200))
+    assert result.getextrema() == ((10, 10), (120, 120), (200, 200))
+
+
+@pytest.mark.parametrize("invert", [False, True], ids=["plain", "inverted"])
+def test_segmentation_that_matched_nothing_says_so(invert: bool) -> None:
+    words = MaskSource("words", words="the sky")
+    nothing = encode(Image.new("L", (451, 300), 0))
+
+    with pytest.raises(ImageError) as info:
+        prepare(fixture("chelsea.png"), nothing, invert=invert, limits=LIMITS, source=words)
+
+    assert info.value.message == 'Nothing matched "the sky" in the image; try other words, a box or a region.'
+
+
+def test_segmentation_of_the_downscaled_copy_fits_the_photo() -> None:
+    photo = encode(gradient_rgb((2000, 1500)), "JPEG", quality=90)
+
+    seg = prepare_for_segmentation(photo, limits=LIMITS)
+    sent = opened(seg.image)
+    found = encode(boxed(sent.size, (816, 612, 1223, 917), fill=255, background=0, mode="L"))
+    prepared = prepare(photo, found, invert=False, limits=LIMITS, source=MaskSource("words", words="the middle"))
+
+    assert (seg.width, seg.height, seg.image_mime) == (2000, 1500, "image/jpeg")
+    assert (sent.format, sent.size) == ("JPEG", (1632, 1224))
+    bbox = full_mask(prepared).getbbox()
+    assert bbox is not None
+    assert all(abs(a - b) <= 2 for a, b in zip(bbox, (1000, 750, 1500, 1125), strict=True))
+    assert prepared.mask_fraction == pytest.approx(0.0625, abs=0.002)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [encode(Image.new("RGB", (10, 40))), b"hello, this is not an image\n" * 10, b"", png_claiming(30_000, 30_000)],
+    ids=["tiny", "text", "empty", "bomb"],
+)
+def test_segmentation_input_is_refused_as_prepare_refuses_it(image: bytes) -> None:
+    with pytest.raises(ImageError) as info:
+        prepare_for_segmentation(image, limits=LIMITS)
+
+    assert info.value.message == refusal(image, white_box_mask())
+
+
+def _sideways(orientation: int) -> bytes:
+    """Stored 80 × 40 with the left half red; shown 40 × 80 with red on top (orientation 6) or below (8)."""
+    stored = boxed((80, 40), (0, 0, 39, 39), fill=(220, 0, 0), background=(0, 0, 220), mode="RGB")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(stored, "JPEG", quality=95, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize(
+    ("orientation", "top_colour"), [(6, (220, 0, 0)), (8, (0, 0, 220))], ids=["orientation-6", "orientation-8"]
+)
+@pytest.mark.parametrize(
+    "source", [box_source("0,0,100,50"), MaskSource("region", region="top")], ids=["box", "region"]
+)
+def test_box_and_region_are_read_on_the_photo_as_displayed(
+    orientation: int, top_colour: tuple[int, int, int], source: MaskSource
+) -> None:
+    prepared = prepare(_sideways(orientation), None, invert=False, limits=LIMITS, source=source)
+
+    assert (prepared.width, prepared.height) == (40, 80)
+    assert full_mask(prepared).getbbox() == (0, 0, 40, 40)
+    assert prepared.mask_fraction == pytest.approx(0.5)
+    assert close(sent_image(prepared).getpixel((20, 10)), top_colour, tolerance=30)
+
+
+def test_mask_grow_widens_the_mask_kept_for_the_composite() -> None:
+    plain = prepare(fixture("chelsea.png"), None, invert=False, limits=LIMITS, source=box_source("25,10,75,60"))
+
+    grown = prepare(
+        fixture("chelsea.png"), None, invert=False, limits=LIMITS, source=box_source("25,10,75,60"), grow_px=10
+    )
+
+    assert full_mask(plain).getbbox() == (112, 30, 339, 180)
+    assert full_mask(grown).getbbox() == (102, 20, 349, 190)
+    assert grown.mask_fraction > plain.mask_fraction
+    assert full_mask(grown).getpixel((102, 20)) == 0  # the corner is rounded: a disc, not a square
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (box_source("0,0,100,100"), "With invert_mask on, the box 0,0,100,100 leaves nothing to repaint"),
+        (MaskSource("region", region="everything"), "With invert_mask on, the region everything leaves nothing"),
+    ],
+    ids=["box", "region"],
+)
+def test_inverted_box_or_region_of_everything_is_refused(source: MaskSource, expected: str) -> None:
+    with pytest.raises(ImageError) as info:
+        prepare(fixture("chelsea.png"), None, invert=True, limits=LIMITS, source=source)
+
+    assert info.value.message.startswith(expected)
 
 
 # Discord's upload limit

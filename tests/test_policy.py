@@ -2,9 +2,9 @@ import sqlite3
 
 import pytest
 
+from bot.decode import ImageError
 from bot.downloads import DownloadError, DownloadTooLargeError, DownloadTransientError
 from bot.fal_models import FalJobError, FalNotTakenError, FalRejectedError, FalSubmitUnknownError, FalTransientError
-from bot.images import ImageError
 from bot.policy import Action, Step, decide
 from bot.progress import DeliveryError
 

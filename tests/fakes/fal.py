@@ -40,18 +40,19 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import web
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from tests.specs.fal_rules import input_schema
 
 log = logging.getLogger(__name__)
 
 PROXY_BASE = "https://queue.fal.run"
+SEGMENT_ENDPOINT = "fal-ai/evf-sam"
 PROXY_APP = "fal-ai/flux-pro"  # kkiai's documented example answers a flux-lora submit with another app's URLs
 
 
@@ -143,6 +144,8 @@ class FakeFal:
         cancel_running_finishes: bool = False,
         result_noise: bool = False,
         result_echo: bool = False,
+        segment_box: Sequence[float] | None = (0.3, 0.3, 0.7, 0.7),
+        segment_fail_with: str | None = None,
         seed: int = 0,
     ) -> None:
         """Knobs (all optional):
@@ -166,6 +169,9 @@ class FakeFal:
           what fal answers then; 404 is this fake's guess); ``slow_result_s``:
           real seconds before the result answers; ``cancel_running_finishes``: a cancel while IN_PROGRESS is
           accepted (202) but the job still finishes, as fal allows.
+        - Segmentation (``fal-ai/evf-sam``): the mask is a white ellipse inside ``segment_box`` (fractions x1, y1,
+          x2, y2 of the input), all black when it is None (the words matched nothing); ``segment_fail_with``: as
+          ``fail_with``, for segmentations only (``fail_with`` then applies to the inpaintings only).
         """
         self.key = key
         self.auth_scheme = auth_scheme
@@ -194,6 +200,8 @@ class FakeFal:
         self.cancel_running_finishes = cancel_running_finishes
         self.result_noise = result_noise  # incompressible result images, for upload-limit tests
         self.result_echo = result_echo  # the input photo comes back as the result: real content, for benchmarks
+        self.segment_box = tuple(segment_box) if segment_box is not None else None
+        self.segment_fail_with = segment_fail_with
         self.base_url: str | None = None
 
         self.submits: list[Any] = []  # every submit body received, accepted or not
@@ -371,8 +379,8 @@ class FakeFal:
         script: list[dict[str, Any]] = [{"status": "IN_QUEUE", "queue_position": p} for p in positions]
         script += [{"status": "IN_PROGRESS", "logs": None}] * self.in_progress_steps
         done: dict[str, Any] = {"status": "COMPLETED", "logs": None, "metrics": {"inference_time": 1.5}}
-        if self.fail_with is not None:
-            done |= {"error": self.fail_with, "error_type": "runner_server_error"}
+        if (failure := self._failure(endpoint)) is not None:
+            done |= {"error": failure, "error_type": "runner_server_error"}
         script.append(done)
         job = FakeJob(
             request_id=request_id, app=app, endpoint=endpoint, payload=payload, script=script, on_move=self._poke
@@ -439,10 +447,9 @@ class FakeFal:
             return _json({"status": "NOT_FOUND"}, 404)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        try:
+        # the client may leave mid-write (aiohttp does not cancel the handler): nobody watches, nothing moves
+        with contextlib.suppress(ConnectionResetError):
             await self._send_events(request, resp, job)
-        except ConnectionResetError:
-            pass  # the client left mid-write (aiohttp does not cancel the handler): nobody watches, nothing moves
         return resp
 
     async def _send_events(self, request: web.Request, resp: web.StreamResponse, job: FakeJob) -> None:
@@ -495,12 +502,16 @@ class FakeFal:
         if job.load_error is not None:
             detail = [{"loc": ["body", job.load_error], "msg": "Could not load the image.", "type": "image_load_error"}]
             return _json({"detail": detail}, 422, {"X-Fal-Retryable": "false"})
-        if self.fail_with is not None:
+        if (failure := self._failure(job.endpoint)) is not None:
             return _json(
-                {"detail": self.fail_with, "error_type": "runner_server_error"},
+                {"detail": failure, "error_type": "runner_server_error"},
                 500,
                 {"X-Fal-Error-Type": "runner_server_error"},
             )
+        if job.endpoint == SEGMENT_ENDPOINT:
+            if not job.images:
+                job.images = [await asyncio.to_thread(self._segment, job)]
+            return _json({"image": job.images[0]})
         if not job.images:
             job.images = await asyncio.to_thread(self._render, job)
         payload = job.payload
@@ -514,6 +525,28 @@ class FakeFal:
                 "prompt": payload.get("prompt"),
             }
         )
+
+    def _failure(self, endpoint: str) -> str | None:
+        return self.segment_fail_with if endpoint == SEGMENT_ENDPOINT else self.fail_with
+
+    def _segment(self, job: FakeJob) -> dict[str, Any]:
+        """evf-sam's answer: a black-and-white PNG at the input's size, white where the words "matched"."""
+        width, height = job.input_size or (512, 512)
+        mask = Image.new("L", (width, height), 0)
+        if self.segment_box is not None:
+            x1, y1, x2, y2 = self.segment_box
+            box = (round(x1 * width), round(y1 * height), round(x2 * width) - 1, round(y2 * height) - 1)
+            ImageDraw.Draw(mask).ellipse(box, fill=255)
+        out = io.BytesIO()
+        mask.save(out, "PNG")
+        name = f"{job.request_id}-mask.png"
+        self.files[name] = (out.getvalue(), "image/png")
+        return {
+            "url": f"{self._base()}/files/{name}",
+            "content_type": "image/png",
+            "file_name": name,
+            "file_size": len(out.getvalue()),
+        }
 
     def _render(self, job: FakeJob) -> list[dict[str, Any]]:
         fmt = job.payload.get("output_format", "jpeg")

@@ -13,9 +13,9 @@ from jsonschema.exceptions import ValidationError
 from tests.specs import choices, leaves, load, missing_key
 
 # the endpoints the fake fal serves: the vendored file with fal's schemas and where the input schema sits in it
-# (fal-ai/evf-sam would be ("fal-segmentation-schemas.json", ("endpoints", "fal-ai/evf-sam", "input")))
 INPUT_SCHEMAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "fal-ai/flux-lora/inpainting": ("fal-flux-lora-inpainting.schema.json", ("input",)),
+    "fal-ai/evf-sam": ("fal-segmentation-schemas.json", ("endpoints", "fal-ai/evf-sam", "input")),
 }
 
 
