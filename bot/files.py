@@ -12,6 +12,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+PREVIEW_FILE = "mask-preview.jpg"  # the job's image with the area to repaint tinted: shown in its reply (SPEC 11)
+
 _JOB_ID = re.compile(r"[0-9a-f]{32}|[A-Za-z0-9_-]{1,64}")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 

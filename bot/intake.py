@@ -14,7 +14,7 @@ from bot.admin import GuildAdmin
 from bot.config import Settings
 from bot.downloads import DownloadError, fetch
 from bot.errors import InputError, RefusedError
-from bot.files import JobFiles
+from bot.files import PREVIEW_FILE, JobFiles
 from bot.models import InpaintOptions, Job, Origin, Upload, utcnow
 from bot.progress import usd
 from bot.store import JobStore
@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 MASK_FILE = "mask.png"  # the mask fal receives: of the crop, at the size sent
 FULL_MASK_FILE = "full-mask.png"  # the mask at the input's size, after invert and grow: where the result goes
 ORIGINAL_FILE = "original"  # the member's image as uploaded: the composite's base
-PREVIEW_FILE = "mask-preview.jpg"  # the image with the area to repaint tinted, for the reply
 SEGMENT_INPUT_FILE = "segment-input.jpg"  # what fal's segmentation model receives (mask_prompt)
 
 
