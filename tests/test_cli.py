@@ -74,3 +74,102 @@ async def test_bad_options_and_files_stop_before_fal(aiohttp_server: Any, tmp_pa
     code, _, err = await fluxpaint_inpaint(fal, tmp_path, *args)
     assert code == 1 and "isn't a picture" in err and "Traceback" not in err
     assert fal.requests == []
+
+
+def photo_args(tmp_path: Path, *source: str, **extra: str) -> list[str]:
+    """coffee.png with the given mask source flags (none: its transparency) and PNG output, so pixels compare."""
+    args = ["--image", str(FIXTURES / "coffee.png"), *source, "--prompt", "a red scarf", "--out", str(tmp_path / "out")]
+    args += ["--output-format", "png"]
+    for key, value in extra.items():
+        args += [f"--{key.replace('_', '-')}", value]
+    return args
+
+
+def submitted_to(fal: FakeFal) -> list[str]:
+    return [r.path for r in fal.requests if r.method == "POST" and not r.path.startswith("/storage/")]
+
+
+def unchanged_outside(result: Path, keep: tuple[int, int, int, int]) -> bool:
+    """Whether the result holds the input's pixels everywhere except inside ``keep`` (left, top, right, bottom)."""
+    with Image.open(FIXTURES / "coffee.png") as original, Image.open(result) as delivered:
+        before, after = original.convert("RGB"), delivered.convert("RGB")
+        assert after.size == before.size
+        for im in (before, after):
+            im.paste((0, 0, 0), keep)
+        return before.tobytes() == after.tobytes()
+
+
+async def test_mask_prompt_finds_the_mask_then_inpaints(aiohttp_server: Any, tmp_path: Path) -> None:
+    fal = await start_fake_fal(aiohttp_server, positions=[1, 0])
+    code, out, err = await fluxpaint_inpaint(fal, tmp_path, *photo_args(tmp_path, "--mask-prompt", "the cup"))
+    assert code == 0, err
+    assert submitted_to(fal) == ["/fal-ai/evf-sam", "/fal-ai/flux-lora/inpainting"]
+    segment, inpaint = fal.submits
+    assert segment["prompt"] == "the cup" and segment["mask_only"] is True and "mask_url" in inpaint
+    assert fal.refused == []
+    (path,) = [Path(line) for line in out.splitlines()]
+    with Image.open(path) as image:
+        assert (image.format, image.size) == ("PNG", (600, 400))
+    # the fake's ellipse fills 30 % to 70 % of each side; the default feather (8 px) stays within 10 px of it
+    assert unchanged_outside(path, (170, 110, 430, 290))
+    assert "Finding “the cup” in your image…\r\x1b[2Kmask found\n" in err and "segmentation request id:" in err
+    assert "estimated cost: at most $0.010 (finding the mask $0.002, then the inpainting)" in err
+    assert "estimated cost: $0.010 (including $0.002 to find the mask)" in err
+    assert (tmp_path / "out" / "coffee-mask-preview.jpg").is_file()
+
+
+async def test_box_repaints_only_the_box(aiohttp_server: Any, tmp_path: Path) -> None:
+    fal = await start_fake_fal(aiohttp_server)
+    args = photo_args(tmp_path, "--box", "30,20,70,80", mask_grow="4", mask_feather="6")
+    code, out, err = await fluxpaint_inpaint(fal, tmp_path, *args)
+    assert code == 0, err
+    assert submitted_to(fal) == ["/fal-ai/flux-lora/inpainting"] and fal.refused == []
+    (path,) = [Path(line) for line in out.splitlines()]
+    # the box is x 180..420, y 80..320; grown by 4 and feathered by 6 it reaches 10 px further
+    assert unchanged_outside(path, (170, 70, 430, 330))
+    assert not unchanged_outside(path, (0, 0, 0, 0))  # and fal's pixels are inside it
+    assert "estimated cost: $0.008" in err and "to find the mask" not in err
+
+
+async def test_a_small_box_on_a_large_photo_sends_and_costs_the_crop(aiohttp_server: Any, tmp_path: Path) -> None:
+    fal = await start_fake_fal(aiohttp_server)
+    large = tmp_path / "large.png"
+    with Image.open(FIXTURES / "coffee.png") as coffee:
+        coffee.resize((2400, 1600)).save(large)
+    args = photo_args(tmp_path, "--box", "45,45,55,55")
+    args[args.index("--image") + 1] = str(large)
+    code, out, err = await fluxpaint_inpaint(fal, tmp_path, *args)
+    assert code == 0, err
+    assert "note: Only the area around the mask (360×240) is sent to fal" in err
+    # 872×584 (the crop scaled up to 0.5 MP) instead of 1728×1152 for the whole photo: $0.018, not $0.070
+    assert "estimated cost: $0.018" in err
+    (path,) = [Path(line) for line in out.splitlines()]
+    with Image.open(path) as image:
+        assert image.size == (2400, 1600)
+
+
+async def test_two_mask_sources_are_refused_before_fal(aiohttp_server: Any, tmp_path: Path) -> None:
+    fal = await start_fake_fal(aiohttp_server)
+    both = ("--mask", str(FIXTURES / "coffee_mask.png"), "--mask-prompt", "the cup")
+    code, _, err = await fluxpaint_inpaint(fal, tmp_path, *photo_args(tmp_path, *both))
+    assert code == 2 and "Choose the area to repaint one way only: you gave mask and mask_prompt." in err
+    code, _, err = await fluxpaint_inpaint(fal, tmp_path, *photo_args(tmp_path, "--box", "1,2,3", "--region", "top"))
+    assert code == 2 and "you gave box and region." in err
+    code, _, err = await fluxpaint_inpaint(fal, tmp_path, *photo_args(tmp_path, "--box", "70,20,30,80"))
+    assert code == 2 and "right edge x2 (30) must be greater than its left edge x1 (70)" in err
+    assert fal.requests == [] and "Traceback" not in err
+
+
+async def test_nothing_matched_sends_no_inpainting(aiohttp_server: Any, tmp_path: Path) -> None:
+    fal = await start_fake_fal(aiohttp_server, segment_box=None)
+    code, out, err = await fluxpaint_inpaint(fal, tmp_path, *photo_args(tmp_path, "--mask-prompt", "a unicorn"))
+    assert code == 1 and out == ""
+    assert 'fluxpaint: Nothing matched "a unicorn" in the image; try other words, a box or a region.' in err
+    assert submitted_to(fal) == ["/fal-ai/evf-sam"] and "Traceback" not in err
+
+
+async def test_failed_segmentation_sends_no_inpainting(aiohttp_server: Any, tmp_path: Path) -> None:
+    fal = await start_fake_fal(aiohttp_server, segment_fail_with="CUDA out of memory")
+    code, _, err = await fluxpaint_inpaint(fal, tmp_path, *photo_args(tmp_path, "--mask-prompt", "the cup"))
+    assert code == 1 and "fal could not find the mask" in err
+    assert submitted_to(fal) == ["/fal-ai/evf-sam"] and "Traceback" not in err
