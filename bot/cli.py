@@ -58,13 +58,14 @@ async def runtime(settings: Settings) -> AsyncIterator[FluxpaintBot]:
     async with probe, session(settings) as http, await JobStore.open(data_dir / "fluxpaint.sqlite3") as store:
         budget = RequestBudget(settings.discord.max_requests_per_s)
         bot = FluxpaintBot(settings, http_trace=budget_trace(budget))
+        files = JobFiles(data_dir)
         notifier = DiscordNotifier(
-            bot, settings.ui, budget=budget, max_request_bytes=settings.discord.max_request_bytes
+            bot, settings.ui, budget=budget, max_request_bytes=settings.discord.max_request_bytes, files=files
         )
         service = JobService(
             settings=settings,
             store=store,
-            files=JobFiles(data_dir),
+            files=files,
             fal=FalQueueClient(http, settings.fal),
             session=http,
             notifier=notifier,

@@ -14,6 +14,7 @@ import discord
 
 from bot import images
 from bot.config import UiSettings
+from bot.files import JobFiles
 from bot.models import Job, OutputFormat, utcnow
 from bot.pacing import RequestBudget
 from bot.progress import DeliveryError, EmbedData, Reply, ResultFile, ResultPart
@@ -67,8 +68,9 @@ class DiscordNotifier(ReplyEditor):
         monotonic: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        files: JobFiles | None = None,
     ) -> None:
-        super().__init__(client, ui, budget=budget, monotonic=monotonic, now=now, sleep=sleep)
+        super().__init__(client, ui, budget=budget, monotonic=monotonic, now=now, sleep=sleep, files=files)
         self.max_request_bytes = max_request_bytes
 
     # final texts

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from discord.utils import escape_markdown, escape_mentions  # pure text functions, no Discord objects
 
+from bot.files import PREVIEW_FILE
 from bot.models import Job, JobState
 
 CANCEL_PREFIX = "fp:cancel:"
@@ -40,6 +41,7 @@ class Reply:
     content: str
     embed: EmbedData | None = None
     cancel_button: bool = False
+    preview: str | None = None  # a picture of the mask over the image, by its file name in the job's folder
     # Not part of what is seen: which step the job is at (a new one is shown at once, a new position may wait) and
     # how long a text that only moved a job's position may stay unshown.
     stage: str = field(default="", compare=False)
@@ -201,7 +203,11 @@ def progress_reply(
     )
     stage = f"{job.state.value}:held" if held is not None and job.state is JobState.WAITING else job.state.value
     position = job.queue_position if job.state is JobState.QUEUED else line_position
-    return Reply(content=content, cancel_button=cancellable, stage=stage, refresh_s=refresh_s(position))
+    # the mask once it is known (SPEC 11), so that a wrong one is seen before the result comes
+    preview = PREVIEW_FILE if job.crop is not None else None
+    return Reply(
+        content=content, cancel_button=cancellable, preview=preview, stage=stage, refresh_s=refresh_s(position)
+    )
 
 
 def result_reply(job: Job, *, elapsed_s: float, withheld: int, notes: Sequence[str] = ()) -> Reply:

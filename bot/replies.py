@@ -20,6 +20,7 @@ import aiohttp
 import discord
 
 from bot.config import UiSettings
+from bot.files import JobFiles
 from bot.models import Job, utcnow
 from bot.pacing import Priority, RequestBudget, SlidingWindow, edit_window, prepaid, request_priority
 from bot.progress import EmbedData, Reply, ResultFile
@@ -86,10 +87,12 @@ class ReplyEditor:
         monotonic: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        files: JobFiles | None = None,
     ) -> None:
         self.client = client
         self.ui = ui
         self.budget = budget
+        self.files = files  # where a reply's mask preview is read; None shows none
         self.monotonic = monotonic
         self.now = now
         self.sleep = sleep
@@ -287,9 +290,10 @@ class ReplyEditor:
                 reply = editor.wanted
                 if reply is None or reply == editor.shown:
                     return
+                preview = await self._preview(editor.job, reply, editor.shown)
                 editor.sending = True
                 try:
-                    reached = await self._edit_reply(editor.job, reply)
+                    reached = await self._edit_reply(editor.job, reply, files=preview)
                 except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as exc:
                     log.warning(
                         "job=%s edit failed (%s); trying again in %.0f s", editor.job.id, describe(exc), EDIT_RETRY_S
@@ -308,6 +312,18 @@ class ReplyEditor:
                 self._queue(editor, self.monotonic() + EDIT_RETRY_S)  # not at once: a refusal would repeat forever
             elif editor.job.id not in self._ended:
                 self._schedule(editor)
+
+    async def _preview(self, job: Job, reply: Reply, shown: Reply | None) -> tuple[ResultFile, ...]:
+        """The mask preview to upload with this edit: only when it is new to the reply (the message keeps its
+        attachments through later edits), and none when its file is gone."""
+        if reply.preview is None or self.files is None or (shown is not None and shown.preview == reply.preview):
+            return ()
+        try:
+            data = await asyncio.to_thread(self.files.read, job.id, reply.preview)
+        except (OSError, ValueError) as exc:
+            log.warning("job=%s mask preview unreadable (%s); the reply goes without it", job.id, type(exc).__name__)
+            return ()
+        return (ResultFile(reply.preview, data),)
 
     async def _settle(self, editor: ReplyState) -> None:
         """Make way for a result or a final text: an edit still waiting for its turn is called off; one on the wire
