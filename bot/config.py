@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -20,6 +32,8 @@ from pydantic_settings import (
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 DISCORD_CDN_HOSTS = ("cdn.discordapp.com", "media.discordapp.net")
 FAL_MEDIA_HOSTS = ("fal.media", "v2.fal.media", "v3.fal.media", "v3b.fal.media")
+LORA_HOSTS = ("huggingface.co", "civitai.com", "fal.media", "v3.fal.media", "storage.googleapis.com")
+LORA_NAME_RULE = "1 to 32 characters of a-z, 0-9, - and _"
 MiB = 1024 * 1024
 
 
@@ -61,9 +75,71 @@ def _host_entry(entry: str) -> str:
     return entry
 
 
+def _lora_name(name: str) -> str:
+    # names are lower-cased rather than refused: members type "Pixel-Art" and mean pixel-art
+    name = name.strip().lower()
+    if not re.fullmatch(r"[a-z0-9_-]{1,32}", name):
+        raise ValueError(f"{name!r} is not a name: use {LORA_NAME_RULE}")
+    return name
+
+
+def lora_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a LoRA link (https, a host, no port, credentials or spaces), or None."""
+    if any(char.isspace() for char in path):
+        return "a link may not contain spaces"
+    try:
+        parts = urlsplit(path)
+        port = parts.port
+    except ValueError:
+        return "this is not a link"
+    if parts.scheme.lower() != "https":
+        return "the link must start with https://"
+    if not parts.hostname:
+        return "the link has no host"
+    if port is not None or parts.username is not None:
+        return "the link may not name a port or a user"
+    return None
+
+
+def lora_host(path: str) -> str:
+    """The host of a LoRA link, lower-case and without a trailing dot."""
+    return (urlsplit(path).hostname or "").rstrip(".")
+
+
+def host_allowed(host: str, allowed_hosts: Sequence[str]) -> bool:
+    """``host`` is one of ``allowed_hosts`` or a subdomain of one (``cdn-lfs.huggingface.co``)."""
+    return any(host == allowed or host.endswith("." + allowed) for allowed in allowed_hosts)
+
+
+def _lora_path(path: str) -> str:
+    if problem := lora_path_problem(path):
+        raise ValueError(problem)
+    return path
+
+
+def _lora_host_entry(entry: str) -> str:
+    host = entry.strip().lower().rstrip(".")
+    if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)*", host):
+        raise ValueError(f"{entry!r} is not a host name (no scheme, port or path: huggingface.co)")
+    return host
+
+
+def _prompt_template(template: str) -> str:
+    rest = template.replace("{prompt}", "")
+    if template.count("{prompt}") != 1 or "{" in rest or "}" in rest:
+        raise ValueError("must hold {prompt} exactly once (where the member's prompt goes) and no other { or }")
+    return template
+
+
 HttpsUrl = Annotated[str, AfterValidator(_https_url)]
 WssUrl = Annotated[str, AfterValidator(_wss_url)]
 HostEntry = Annotated[str, AfterValidator(_host_entry)]
+LoraName = Annotated[str, AfterValidator(_lora_name)]
+LoraPath = Annotated[str, Field(max_length=1000), AfterValidator(_lora_path)]
+LoraHostEntry = Annotated[str, AfterValidator(_lora_host_entry)]
+TriggerWord = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Description = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)]
+PromptTemplate = Annotated[str, Field(max_length=1000), AfterValidator(_prompt_template)]
 
 
 class Section(BaseModel):
@@ -133,6 +209,7 @@ class LimitSettings(Section):
     crop_padding: float = Field(0.25, ge=0, le=4)  # around the mask's bounding box, as a share of its size
     # Downloads and decodes at once: 50 members posting 20 MiB photos together must not exhaust memory.
     max_parallel_prepare: int = Field(default_factory=lambda: 2 * (os.cpu_count() or 1), ge=1, le=256)
+    max_loras: int = Field(4, ge=1, le=10)  # LoRAs per job, a style's included (SPEC 9)
 
 
 class MaskSettings(Section):
@@ -212,6 +289,98 @@ class LoggingSettings(Section):
     loop_stall_warn_ms: float = Field(100.0, gt=0, allow_inf_nan=False)
 
 
+class CatalogSettings(Section):
+    """Which LoRA links may be used: SPEC 9's ``loras.*`` (TOML cannot hold ``[loras]`` next to ``[[loras]]``)."""
+
+    allowed_hosts: list[LoraHostEntry] = Field(default_factory=lambda: list(LORA_HOSTS))  # subdomains count too
+    allow_urls: bool = False  # members may give an https link on allowed_hosts instead of a name
+
+
+class LoraEntry(Section):
+    """A LoRA members pick by name; fal downloads ``path`` at request time, the bot never fetches it."""
+
+    name: LoraName
+    path: LoraPath  # its host is checked against catalog.allowed_hosts by Settings (or bot.loras for servers)
+    scale: float = Field(1.0, ge=0, le=4, allow_inf_nan=False)
+    trigger_words: list[TriggerWord] = Field(default_factory=list, max_length=10)
+    description: Description = ""
+
+
+class StyleLora(Section):
+    """A catalog LoRA a style uses; no scale means the LoRA's own."""
+
+    name: LoraName
+    scale: float | None = Field(None, ge=0, le=4, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data  # loras = ["pixel-art", {name = "x", scale = 0.5}]
+
+
+class StyleEntry(Section):
+    """A preset: a prompt template, LoRAs and defaults for the options the member leaves out."""
+
+    name: LoraName
+    description: Description = ""
+    prompt: PromptTemplate = "{prompt}"
+    loras: list[StyleLora] = Field(default_factory=list, max_length=10)
+    strength: float | None = Field(None, ge=0.01, le=1.0)
+    num_inference_steps: int | None = Field(None, ge=1, le=50)
+    guidance_scale: float | None = Field(None, ge=0, le=35)
+
+    @field_validator("loras")
+    @classmethod
+    def _each_lora_once(cls, loras: list[StyleLora]) -> list[StyleLora]:
+        names = [lora.name for lora in loras]
+        if twice := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"{', '.join(twice)} appears more than once; a style uses each LoRA once")
+        return loras
+
+
+def _catalog_problems(settings: Settings) -> list[tuple[tuple[str | int, ...], str]]:
+    """The [[loras]] and [[styles]] problems only the whole config can see: names, hosts, the LoRAs styles use."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    hosts = settings.catalog.allowed_hosts
+    by_name: dict[str, LoraEntry] = {}
+    for i, lora in enumerate(settings.loras):
+        if lora.name in by_name:
+            problems.append((("loras", i, "name"), f"{lora.name!r} names two [[loras]] entries; names must differ"))
+        by_name.setdefault(lora.name, lora)
+        if not host_allowed(host := lora_host(lora.path), hosts):
+            problems.append(
+                (("loras", i, "path"), f"the host {host} is not on catalog.allowed_hosts ({', '.join(hosts)})")
+            )
+    style_names: set[str] = set()
+    for i, style in enumerate(settings.styles):
+        if style.name in style_names:
+            problems.append((("styles", i, "name"), f"{style.name!r} names two [[styles]] entries; names must differ"))
+        style_names.add(style.name)
+        if len(style.loras) > settings.limits.max_loras:
+            problems.append(
+                (
+                    ("styles", i, "loras"),
+                    f"{len(style.loras)} LoRAs, more than limits.max_loras ({settings.limits.max_loras})",
+                )
+            )
+        paths: dict[str, str] = {}
+        for j, used in enumerate(style.loras):
+            if (entry := by_name.get(used.name)) is None:
+                problems.append(
+                    (
+                        ("styles", i, "loras", j),
+                        f"{used.name!r} is not the name of a [[loras]] entry (config styles use config LoRAs)",
+                    )
+                )
+            elif entry.path in paths:
+                problems.append(
+                    (("styles", i, "loras", j), f"{used.name!r} has the same path as {paths[entry.path]!r}")
+                )
+            else:
+                paths[entry.path] = used.name
+    return problems
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FLUXPAINT_", env_nested_delimiter="__", extra="forbid", frozen=True, toml_file="config.toml"
@@ -227,11 +396,28 @@ class Settings(BaseSettings):
     access: AccessSettings = AccessSettings()
     safety: SafetySettings = SafetySettings()
     logging: LoggingSettings = LoggingSettings()
+    catalog: CatalogSettings = CatalogSettings()
+    loras: tuple[LoraEntry, ...] = ()
+    styles: tuple[StyleEntry, ...] = ()
 
     @model_validator(mode="after")
     def _poll_bounds(self) -> Settings:
         if self.fal.max_poll_interval_s < self.fal.poll_interval_s:
             raise ValueError("fal.max_poll_interval_s must be at least fal.poll_interval_s")
+        return self
+
+    @model_validator(mode="after")
+    def _catalog(self) -> Settings:
+        if problems := _catalog_problems(self):  # one line per bad key, each at its own place
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("catalog", "{problem}", {"problem": text}), loc=loc, input=None
+                    )
+                    for loc, text in problems
+                ],
+            )
         return self
 
     @classmethod

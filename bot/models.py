@@ -66,6 +66,12 @@ class InpaintOptions(BaseModel):
     region: MaskRegion | None = None
     mask_grow: int = Field(0, ge=0, le=128)  # px of the input the mask is dilated by
     mask_feather: int = Field(8, ge=0, le=64)  # px over which the composite's seam is softened
+    # LoRAs and styles (SPEC 9): catalog names (or URLs where the owner allows them), resolved by bot.loras
+    style: str | None = Field(None, max_length=100)
+    lora: str | None = Field(None, max_length=500)
+    lora_scale: float | None = Field(None, ge=0, le=4)  # None: the entry's own scale
+    lora2: str | None = Field(None, max_length=500)
+    lora2_scale: float | None = Field(None, ge=0, le=4)
 
 
 class Upload(BaseModel):

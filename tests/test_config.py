@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main
-from bot.config import ConfigError, FalSettings, LimitSettings, load_settings, masked_dump
+from bot.config import (
+    CatalogSettings,
+    ConfigError,
+    FalSettings,
+    LimitSettings,
+    LoraEntry,
+    StyleEntry,
+    StyleLora,
+    load_settings,
+    masked_dump,
+)
 from tests.conftest import MakeRig
 
 
@@ -184,3 +194,154 @@ def test_example_config_is_complete_and_valid(monkeypatch: pytest.MonkeyPatch) -
         assert f"[{section}]" in text
         for key in values:
             assert f"{key} =" in text or f"# {key} =" in text, f"{section}.{key} is not documented"
+    for model in (
+        LoraEntry,
+        StyleEntry,
+    ):  # [[loras]] and [[styles]] are lists, empty by default: their commented example
+        for key in model.model_fields:
+            assert f"# {key} =" in text, f"{model.__name__}.{key} is not in the commented example"
+    assert all(f"{key} =" in text for key in StyleLora.model_fields)
+
+
+def _uncommented(text: str, header: str) -> str:
+    lines = text[text.index(f"# {header}") :].splitlines()
+    block = [line.removeprefix("# ") for line in lines[: lines.index("") if "" in lines else len(lines)]]
+    return "\n".join(block) + "\n"
+
+
+def test_example_loras_and_styles_work_when_uncommented(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", "t")
+    monkeypatch.setenv("FAL_KEY", "k")
+    text = (Path(__file__).resolve().parents[1] / "config.example.toml").read_text()
+    settings = load_settings(write(tmp_path, text + _uncommented(text, "[[loras]]") + _uncommented(text, "[[styles]]")))
+    assert [lora.name for lora in settings.loras] == ["pixel-art"]
+    assert settings.loras[0].path.startswith("https://huggingface.co/")
+    assert [(style.name, [(used.name, used.scale) for used in style.loras]) for style in settings.styles] == [
+        ("retro-game", [("pixel-art", 0.8)])
+    ]
+
+
+LORA = '[[loras]]\nname = "{name}"\npath = "{path}"\n'
+HF = "https://huggingface.co/u/r/resolve/main/x.safetensors"
+
+
+def _lora(name: str = "pixel-art", path: str = HF, extra: str = "") -> str:
+    return LORA.format(name=name, path=path) + extra
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        (_lora(name="pixel art"), "loras.0.name: 'pixel art' is not a name: use 1 to 32 characters of a-z, 0-9"),
+        (_lora(name="x" * 33), "loras.0.name: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' is not a name"),
+        (_lora(name=""), "loras.0.name: '' is not a name"),
+        (_lora() + _lora(name="Pixel-Art"), "loras.1.name: 'pixel-art' names two [[loras]] entries"),
+        (_lora(path="http://huggingface.co/x.safetensors"), "loras.0.path: the link must start with https://"),
+        (_lora(path="huggingface.co/u/r/x.safetensors"), "loras.0.path: the link must start with https://"),
+        (_lora(path="https://huggingface.co:8443/x"), "loras.0.path: the link may not name a port or a user"),
+        (_lora(path="https://evil.example/x.safetensors"), "loras.0.path: the host evil.example is not on catalog"),
+        (_lora(path="https://huggingface.co.evil.example/x"), "loras.0.path: the host huggingface.co.evil.example"),
+        (_lora(path="https://evilhuggingface.co/x"), "loras.0.path: the host evilhuggingface.co is not on catalog"),
+        (_lora(extra="scale = 4.5\n"), "loras.0.scale: Input should be less than or equal to 4"),
+        (_lora(extra='trigger_words = [""]\n'), "loras.0.trigger_words.0: String should have at least 1 character"),
+        (_lora(extra=f"description = '{'d' * 101}'\n"), "loras.0.description: String should have at most 100"),
+        ('[catalog]\nallowed_hosts = ["https://hf.co"]\n', "catalog.allowed_hosts.0: 'https://hf.co' is not a host"),
+        (_lora() + '[[styles]]\nname = "s"\nprompt = "no placeholder"\n', "styles.0.prompt: must hold {prompt}"),
+        (_lora() + '[[styles]]\nname = "s"\nprompt = "{prompt} {prompt}"\n', "styles.0.prompt: must hold {prompt}"),
+        (_lora() + '[[styles]]\nname = "s"\nprompt = "{prompt}, {seed}"\n', "styles.0.prompt: must hold {prompt}"),
+        (_lora() + '[[styles]]\nname = "s"\nloras = ["pixel-art", "nope"]\n', "styles.0.loras.1: 'nope' is not"),
+        (
+            _lora() + '[[styles]]\nname = "s"\nloras = ["pixel-art", "Pixel-Art"]\n',
+            "styles.0.loras: pixel-art appears more than once",
+        ),
+        (
+            _lora() + _lora(name="same-file") + '[[styles]]\nname = "s"\nloras = ["pixel-art", "same-file"]\n',
+            "styles.0.loras.1: 'same-file' has the same path as 'pixel-art'",
+        ),
+        (
+            '[[styles]]\nname = "s"\n[[styles]]\nname = "S"\n',
+            "styles.1.name: 's' names two [[styles]] entries",
+        ),
+        (
+            "".join(_lora(name=f"l{i}", path=f"{HF}?{i}") for i in range(3))
+            + '[limits]\nmax_loras = 2\n[[styles]]\nname = "s"\nloras = ["l0", "l1", "l2"]\n',
+            "styles.0.loras: 3 LoRAs, more than limits.max_loras (2)",
+        ),
+        ("[limits]\nmax_loras = 11\n", "limits.max_loras: Input should be less than or equal to 10"),
+        (_lora() + '[[styles]]\nname = "s"\nstrength = 0\n', "styles.0.strength: Input should be greater"),
+    ],
+    ids=[
+        "name-with-space",
+        "name-too-long",
+        "name-empty",
+        "duplicate-lora-any-case",
+        "lora-plain-http",
+        "lora-no-scheme",
+        "lora-port",
+        "lora-host-not-allowed",
+        "lora-host-lookalike",
+        "lora-host-same-ending",
+        "lora-scale-over-4",
+        "empty-trigger-word",
+        "long-description",
+        "allowed-host-with-scheme",
+        "template-without-prompt",
+        "template-prompt-twice",
+        "template-other-field",
+        "style-unknown-lora",
+        "style-lora-twice",
+        "style-same-path-twice",
+        "duplicate-style",
+        "style-over-max-loras",
+        "max-loras-over-10",
+        "style-strength-out-of-range",
+    ],
+)
+def test_bad_loras_and_styles_are_named_one_per_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toml: str, expected: str
+) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", "t")
+    monkeypatch.setenv("FAL_KEY", "k")
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, toml))
+    assert any(line.startswith(expected) for line in info.value.lines), info.value.lines
+
+
+def test_catalog_problems_are_reported_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", "t")
+    monkeypatch.setenv("FAL_KEY", "k")
+    toml = _lora() + _lora(path="https://evil.example/x") + '[[styles]]\nname = "s"\nloras = ["nope"]\n'
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, toml))
+    assert [line.split(":")[0] for line in info.value.lines] == ["loras.1.name", "loras.1.path", "styles.0.loras.0"]
+
+
+def test_good_loras_and_styles_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", "t")
+    monkeypatch.setenv("FAL_KEY", "k")
+    toml = (
+        '[catalog]\nallowed_hosts = ["HuggingFace.co", "example.org"]\nallow_urls = true\n'
+        + _lora(
+            name="Pixel-Art", path="https://cdn-lfs.huggingface.co/x.safetensors", extra="trigger_words = [' px ']\n"
+        )
+        + _lora(name="other", path="https://example.org/o.safetensors")
+        + '[[styles]]\nname = "Retro"\nprompt = "{prompt}, retro"\nloras = ["pixel-art", {name = "other", scale = 2}]\n'
+    )
+    settings = load_settings(write(tmp_path, toml))
+    assert settings.catalog.allowed_hosts == ["huggingface.co", "example.org"] and settings.catalog.allow_urls
+    assert [lora.name for lora in settings.loras] == ["pixel-art", "other"]  # names are lower-cased, not refused
+    assert settings.loras[0].trigger_words == ["px"] and settings.loras[0].scale == 1.0
+    assert settings.styles[0].name == "retro"
+    assert [(used.name, used.scale) for used in settings.styles[0].loras] == [("pixel-art", None), ("other", 2.0)]
+    assert settings.limits.max_loras == 4
+
+
+def test_catalog_defaults() -> None:
+    assert CatalogSettings().allowed_hosts == [
+        "huggingface.co",
+        "civitai.com",
+        "fal.media",
+        "v3.fal.media",
+        "storage.googleapis.com",
+    ]
+    assert CatalogSettings().allow_urls is False
