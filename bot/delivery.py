@@ -85,7 +85,7 @@ class DiscordNotifier(ReplyEditor):
             for attempt in range(FINAL_TRIES):
                 await self._in_window(editor)
                 try:
-                    reached = await self._edit_reply(job, reply)
+                    reached = await self._edit_reply(job, reply, final=True)  # final: the mask preview goes
                 except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as exc:
                     log.warning("job=%s final edit failed (%s); try %d", job.id, describe(exc), attempt + 1)
                     await self.sleep(FINAL_RETRY_S * (attempt + 1))

@@ -203,8 +203,9 @@ def progress_reply(
     )
     stage = f"{job.state.value}:held" if held is not None and job.state is JobState.WAITING else job.state.value
     position = job.queue_position if job.state is JobState.QUEUED else line_position
-    # the mask once it is known (SPEC 11), so that a wrong one is seen before the result comes
-    preview = PREVIEW_FILE if job.crop is not None else None
+    # the mask once it is known (SPEC 11), so that a wrong one is seen before the result comes; a failed or
+    # cancelled job's last text goes without it
+    preview = PREVIEW_FILE if job.crop is not None and not job.state.finished else None
     return Reply(
         content=content, cancel_button=cancellable, preview=preview, stage=stage, refresh_s=refresh_s(position)
     )

@@ -130,8 +130,8 @@ def start(aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> StartFake:
 
 
 @contextlib.asynccontextmanager
-async def running(fake: FakeDiscord) -> AsyncIterator[EchoBot]:
-    bot = EchoBot()
+async def running(fake: FakeDiscord, bot: EchoBot | None = None) -> AsyncIterator[EchoBot]:
+    bot = bot or EchoBot()
     await bot.login(fake.bot_token)  # runs setup_hook, so commands are synced before the gateway opens
     connection = asyncio.create_task(bot.connect(reconnect=False))
     try:
@@ -428,3 +428,185 @@ async def test_channel_history_answers_fifty_messages_by_default(start: StartFak
     assert [m["content"] for m in history] == [f"m{n}" for n in range(54, 4, -1)]
     assert all("nonce" not in m and {"author", "embeds", "attachments", "content"} <= set(m) for m in history)
     assert [r.query for r in fake.refused] == [{"limit": "101"}]
+
+
+# autocomplete: the choices a member sees while typing an option declared with autocomplete
+
+STYLES = ["watercolor", "watercolor wash", "ink", "oil"]
+Choice = app_commands.Choice
+
+
+@app_commands.command(description="Paint in a style")
+@app_commands.describe(style="A style from the catalog", note="Anything to add")
+async def paint(interaction: discord.Interaction[StyleBot], style: str, note: str | None = None) -> None:
+    await interaction.response.send_message(f"painting in {style}", ephemeral=True)
+
+
+@paint.autocomplete("style")
+async def style_choices(interaction: discord.Interaction[StyleBot], current: str) -> list[Choice[str]]:
+    bot = interaction.client
+    bot.typed.append((current, interaction.namespace.note))
+    await bot.gate.wait()
+    return bot.suggest(current)
+
+
+class StyleBot(EchoBot):
+    """EchoBot plus /paint, whose ``style`` option autocompletes with what ``suggest`` returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.typed: list[tuple[str, str | None]] = []  # what each autocomplete saw: (focused value, note)
+        self.suggest: Callable[[str], list[Choice[Any]]] = lambda current: [
+            Choice(name=s.title(), value=s) for s in STYLES if s.startswith(current)
+        ]
+
+    async def setup_hook(self) -> None:
+        self.tree.add_command(paint)
+        await super().setup_hook()
+
+
+def error_codes(body: dict[str, Any] | None, path: str) -> list[str]:
+    """The codes Discord's 50035 answer lists under ``path`` ("data.choices.0.name")."""
+    assert body is not None and body["code"] == 50035, body
+    node = body["errors"]
+    for key in path.split("."):
+        assert key in node, f"no error at {path!r}: {body['errors']}"
+        node = node[key]
+    return [e["code"] for e in node["_errors"]]
+
+
+async def test_autocomplete_shows_the_member_the_bot_s_choices_for_what_they_typed(start: StartFake) -> None:
+    fake = await start()
+    async with running(fake, bot := StyleBot()):
+        interaction = await fake.autocomplete("paint", focused="style", value="water", options={"note": "sunny"})
+        await fake.wait_for(lambda: interaction.choices is not None)
+        with pytest.raises(InvocationError, match="not declared with autocomplete"):
+            await fake.autocomplete("paint", focused="note", value="s")  # Discord sends nothing for it
+        with pytest.raises(InvocationError, match="no option 'size'"):
+            await fake.autocomplete("paint", focused="size", value="2")
+        assert bot.failures == []
+
+    assert interaction.choices == [
+        {"name": "Watercolor", "value": "watercolor"},
+        {"name": "Watercolor Wash", "value": "watercolor wash"},
+    ]
+    assert bot.typed == [("water", "sunny")]  # the focused value reached the callback, and the other option too
+    payload = interaction.payload
+    assert payload["type"] == 4 and "resolved" not in payload["data"]
+    assert payload["data"]["options"] == [
+        {"name": "note", "type": 3, "value": "sunny"},
+        {"name": "style", "type": 3, "value": "water", "focused": True},
+    ]
+    [(_, synced)] = fake.command_syncs
+    style = next(o for c in synced if c["name"] == "paint" for o in c["options"] if o["name"] == "style")
+    assert style["autocomplete"] is True
+    [answer] = interaction.callbacks
+    assert (answer.type, answer.status) == (8, 200)
+    latency = interaction.response_latency_s
+    assert latency is not None and 0 <= latency < fake.first_response_deadline_s
+    assert interaction.original() is None and fake.messages_in("general") == []  # choices are no message
+    assert fake.refused == [] and fake.unknown_routes == [] and fake.errors == []
+
+
+ANSWERS: dict[str, tuple[list[Choice[Any]], str | None, str | None]] = {
+    # the bot's choices, and where Discord reports their problem (None: Discord takes them)
+    "25-choices": ([Choice(name=f"s{n}", value=f"s{n}") for n in range(25)], None, None),
+    "26-choices": ([Choice(name=f"s{n}", value=f"s{n}") for n in range(26)], "data.choices", "BASE_TYPE_MAX_LENGTH"),
+    "name-100-value-100": ([Choice(name="x" * 100, value="y" * 100)], None, None),
+    "name-101": ([Choice(name="x" * 101, value="x")], "data.choices.0.name", "BASE_TYPE_BAD_LENGTH"),
+    "value-101": ([Choice(name="x", value="x" * 101)], "data.choices.0.value", "BASE_TYPE_MAX_LENGTH"),
+    "integer-for-a-string-option": ([Choice(name="one", value=1)], "data.choices.0.value", "BASE_TYPE_STRING"),
+    "no-choices": ([], None, None),
+}
+
+
+@pytest.mark.parametrize(("choices", "refused_at", "code"), ANSWERS.values(), ids=ANSWERS.keys())
+async def test_autocomplete_choices_are_taken_or_refused_as_discord_does(
+    start: StartFake, choices: list[Choice[Any]], refused_at: str | None, code: str | None
+) -> None:
+    fake = await start()
+    async with running(fake, bot := StyleBot()):
+        bot.suggest = lambda current: choices
+        interaction = await fake.autocomplete("paint", focused="style", value="")
+        await fake.wait_for(lambda: bool(interaction.callbacks) and interaction.callbacks[-1].status != 0)
+
+    [answer] = interaction.callbacks
+    if refused_at is None:
+        assert answer.status == 200 and interaction.choices == [c.to_dict() for c in choices]
+        assert fake.refused == []
+        return
+    assert answer.status == 400 and interaction.choices is None  # the member sees no choices
+    [refused] = fake.refused
+    assert error_codes(refused.error, refused_at) == [code]
+    assert not interaction.acknowledged
+
+
+async def test_an_autocomplete_answered_after_3_s_is_an_unknown_interaction(start: StartFake) -> None:
+    clock = ManualClock()
+    fake = await start(clock=clock)
+    async with running(fake, bot := StyleBot()):
+        bot.gate.clear()
+        interaction = await fake.autocomplete("paint", focused="style", value="i")
+        clock.advance(fake.first_response_deadline_s + 0.5)
+        bot.gate.set()
+        await fake.wait_for(lambda: bool(interaction.callbacks) and interaction.callbacks[-1].status != 0)
+
+    assert [(cb.type, cb.status) for cb in interaction.callbacks] == [(8, 404)]
+    assert bot.typed == [("i", None)]
+    refusal = fake.requests[-1]
+    assert refusal.error is not None and refusal.error["code"] == 10062
+    assert interaction.choices is None and interaction.response_latency_s is None
+
+
+async def test_autocomplete_is_answered_with_choices_and_choices_answer_only_autocomplete(start: StartFake) -> None:
+    fake = await start()
+    find = {"type": 1, "name": "find", "description": "Find a LoRA", "options": []}
+    find["options"] = [
+        {"type": 4, "name": "page", "description": "Which page"},
+        {"type": 3, "name": "lora", "description": "A LoRA", "autocomplete": True},
+    ]
+    commands = [{"name": "catalog", "description": "The catalog", "options": [find]}]
+    async with raw_bot(fake) as (http, ws, _frames):
+        auth = {"Authorization": f"Bot {fake.bot_token}"}
+        sync = f"{fake.api_base}/applications/{fake.application_id}/commands"
+        async with http.put(sync, json=commands, headers=auth) as synced:
+            assert synced.status == 200
+
+        typing = await fake.autocomplete("catalog find", focused="lora", value="wat", options={"page": 2})
+        event = await ws.receive_json()
+        assert event["t"] == "INTERACTION_CREATE" and event["d"]["type"] == 4
+        assert event["d"]["data"]["options"] == [
+            {
+                "name": "find",
+                "type": 1,
+                "options": [
+                    {"name": "page", "type": 4, "value": 2},
+                    {"name": "lora", "type": 3, "value": "wat", "focused": True},
+                ],
+            }
+        ]
+        callback = f"{fake.api_base}/interactions/{typing.id}/{typing.token}/callback"
+        for refused in ({"type": 5}, {"type": 4, "data": {"content": "hi"}}):  # cannot be deferred or replied to
+            async with http.post(callback, json=refused) as answer:
+                assert answer.status == 400 and error_codes(await answer.json(), "type")
+        choices = {"type": 8, "data": {"choices": [{"name": "Watercolor", "value": "watercolor"}]}}
+        async with http.post(callback, json=choices) as answer:
+            assert answer.status == 204
+        async with http.post(callback, json=choices) as again:
+            assert (again.status, (await again.json())["code"]) == (400, 40060)
+        followup_url = f"{fake.api_base}/webhooks/{fake.application_id}/{typing.token}"
+        async with http.post(followup_url, json={"content": "x"}) as followup:  # choices are its only answer
+            assert (followup.status, (await followup.json())["code"]) == (404, 10015)
+
+        sent = await fake.slash("catalog find", options={"lora": "watercolor"})
+        await ws.receive_json()
+        url = f"{fake.api_base}/interactions/{sent.id}/{sent.token}/callback"
+        async with http.post(url, json=choices) as answer:
+            assert answer.status == 400 and error_codes(await answer.json(), "type")
+        with pytest.raises(InvocationError, match="not synced"):
+            await fake.autocomplete("echo", focused="text", value="x")
+
+    assert typing.choices == [{"name": "Watercolor", "value": "watercolor"}]
+    assert [(cb.type, cb.status) for cb in typing.callbacks] == [(5, 400), (4, 400), (8, 200), (8, 400)]
+    assert sent.choices is None and not sent.acknowledged
+    assert fake.messages_in("general") == [] and fake.errors == []

@@ -254,9 +254,14 @@ async def test_an_open_bot_without_a_budget_warns_at_start(
 
 async def test_a_cancel_never_cuts_off_a_delivery_in_progress(make_rig: MakeRig) -> None:
     hold = asyncio.Event()
-    rig = await make_rig(discord={"upload_hold": hold})
+    hold.set()  # the reply's mask preview goes through; the result's upload is the one held
+    rig = await make_rig(discord={"upload_hold": hold}, fal={"hold": True})
     interaction = await rig.inpaint(COFFEE, COFFEE_MASK)
-    await rig.discord.wait_for(lambda: rig.discord.uploads_held > 0)  # Discord is taking the result
+    await rig.wait_text(interaction, "Queued at fal")
+    await rig.discord.wait_for(lambda: rig.discord.uploads_held == 1 and bool(interaction.original().attachments))
+    hold.clear()
+    rig.fal.release()
+    await rig.discord.wait_for(lambda: rig.discord.uploads_held == 2)  # Discord is taking the result
     reply = interaction.original()
     assert reply is not None
     (button,) = [c for c in reply.custom_ids() if c.startswith("fp:cancel:")]

@@ -51,3 +51,13 @@ async def test_a_reply_without_a_known_mask_shows_no_preview(make_rig: MakeRig) 
     rig.fal.release()
     final = await rig.wait_text(interaction, "Inpainted", timeout=30)
     assert [a.filename for a in final.attachments] == ["result-1.jpg"]
+
+
+async def test_a_failed_job_s_last_text_goes_without_the_preview(make_rig: MakeRig) -> None:
+    rig = await make_rig(fal={"hold": True, "fail_with": "CUDA out of memory"})
+    interaction = await rig.inpaint(COFFEE, None, region="top")
+    await rig.wait_text(interaction, "Queued at fal")
+    await rig.discord.wait_for(lambda: any(a.filename == PREVIEW for a in interaction.original().attachments))
+    rig.fal.release()
+    final = await rig.wait_text(interaction, "CUDA out of memory")
+    assert final.attachments == []

@@ -7,10 +7,11 @@ Start it with pytest-aiohttp and point discord.py at it (restored by monkeypatch
     monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fake.gateway_url))
     # a subprocess bot gets the same two URLs through its config, and fake.bot_token as its token
 
-Members act through ``slash``, ``click`` and ``submit_modal``; tests wait with ``wait_for`` and read
-``requests``, ``messages_in``, ``edits_of`` and ``FakeInteraction.original()``. ``unknown_routes`` lists every
-request the fake could not route, so a test can assert the bot called nothing unexpected. Discord's global limit
-(``global_rate``) answers a global 429; ``rate_stats()`` measures the request rates a test or benchmark produced.
+Members act through ``slash``, ``autocomplete``, ``click`` and ``submit_modal``; tests wait with ``wait_for`` and
+read ``requests``, ``messages_in``, ``edits_of``, ``FakeInteraction.original()`` and ``FakeInteraction.choices``.
+``unknown_routes`` lists every request the fake could not route, so a test can assert the bot called nothing
+unexpected. Discord's global limit (``global_rate``) answers a global 429; ``rate_stats()`` measures the request
+rates a test or benchmark produced, and ``FakeInteraction.response_latency_s`` the time to an interaction's answer.
 
 Every JSON body (and multipart ``payload_json``) and query parameter is checked against Discord's published
 OpenAPI spec, kept to the docs where they are stricter and relaxed where Discord takes what the spec refuses
@@ -42,7 +43,13 @@ from typing import Any
 
 from aiohttp import BodyPartReader, WSCloseCode, WSMsgType, web
 
-from tests.specs.discord_rules import FormError, OperationSchema, command_problems, operation_schema
+from tests.specs.discord_rules import (
+    FormError,
+    OperationSchema,
+    autocomplete_result_problems,
+    command_problems,
+    operation_schema,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,8 @@ CHANNEL_MENTIONS = ("users", "roles", "everyone")  # defaults when allowed_menti
 WEBHOOK_MENTIONS = ("users",)
 OPTION_TYPES = {str: 3, bool: 5, int: 4, float: 10}  # looked up by exact type, so True is BOOLEAN, not INTEGER
 OPTION_VALUES: dict[int, tuple[type, ...]] = {3: (str,), 4: (int,), 5: (bool,), 6: (str,), 10: (int, float), 11: (str,)}
+AUTOCOMPLETE, AUTOCOMPLETE_RESULT = 4, 8  # the interaction type and the callback type that answers it
+AUTOCOMPLETE_OPTION_TYPES = (3, 4, 10)  # STRING, INTEGER, NUMBER: the only options Discord autocompletes
 
 
 def snowflake(unix_ms: float, increment: int = 0) -> int:
@@ -316,9 +325,11 @@ def walk_components(components: list[dict[str, Any]]) -> Iterator[dict[str, Any]
 @dataclass
 class Callback:
     type: int
-    time: float
+    time: float  # on the fake's clock
     data: dict[str, Any]
     status: int = 0
+    # the lambda reaches the time module, which the ``time`` field hides in the class body
+    real_time: float = field(default_factory=lambda: time.monotonic())  # when it arrived, whatever ``clock`` is
 
 
 @dataclass
@@ -336,10 +347,19 @@ class FakeInteraction:
     original_message_id: int | None = None
     followup_ids: list[int] = field(default_factory=list)
     modal: dict[str, Any] | None = None
+    focused: dict[str, Any] | None = None  # autocomplete: the option being typed, as sent (name, type, value)
+    choices: list[dict[str, Any]] | None = None  # autocomplete: the choices of the accepted answer (callback 8)
+    real_time: float = field(default_factory=time.monotonic)  # when dispatched, whatever ``clock`` is
 
     @property
     def acknowledged(self) -> bool:
         return any(cb.status == 200 for cb in self.callbacks)
+
+    @property
+    def response_latency_s(self) -> float | None:
+        """Real seconds from the dispatch to the accepted callback (interaction-to-callback latency), or None."""
+        answer = next((cb for cb in self.callbacks if cb.status == 200), None)
+        return None if answer is None else answer.real_time - self.real_time
 
     def original(self) -> FakeMessage | None:
         """The current state of the original response (the loading message after a defer), or None."""
@@ -738,30 +758,9 @@ class FakeDiscord:
     ) -> FakeInteraction:
         """Run ``/name`` (or ``/group sub``) as a member. Option types come from the synced schema, else from the
         Python type; a USER option takes a member's name (``"bob"``) and is resolved like Discord does."""
-        top, _, sub_name = name.partition(" ")
-        command, guild_scoped = self._find_command(top)
-        sub: dict[str, Any] | None = None
-        if sub_name:
-            subs = [o for o in (command or {}).get("options", []) if o["type"] == 1 and o["name"] == sub_name]
-            if not subs:
-                raise InvocationError(f"/{top} has no subcommand {sub_name!r}")
-            sub = subs[0]
+        command, sub, guild_scoped = self._command_target(name)
         channel_id = self.channel_id(channel)
-        schema = {o["name"]: o for o in (sub or command or {}).get("options", [])}
-        opts: list[dict[str, Any]] = []
-        resolved: dict[str, Any] = {}
-        for key, value in (options or {}).items():
-            kind = schema[key]["type"] if key in schema else OPTION_TYPES.get(type(value))
-            if kind is None:
-                raise InvocationError(f"option {key!r}: cannot send a {type(value).__name__}")
-            if kind == 6:  # USER: the member's name becomes their id, with the user and member resolved
-                member = self._member(value)
-                resolved.setdefault("users", {})[member["user"]["id"]] = member["user"]
-                resolved.setdefault("members", {})[member["user"]["id"]] = {
-                    k: v for k, v in member.items() if k != "user"
-                }
-                value = member["user"]["id"]
-            opts.append({"name": key, "type": kind, "value": value})
+        opts, resolved = self._typed_options(sub or command, options or {})
         for key, (filename, blob, content_type) in (attachments or {}).items():
             stored = self._new_attachment(Upload(filename, blob, content_type), ephemeral=True)
             self.attachments[stored.id] = stored
@@ -769,13 +768,47 @@ class FakeDiscord:
             opts.append({"name": key, "type": 11, "value": str(stored.id)})
         if command is not None:
             self._check_invocation(command, (sub or command).get("options", []), opts, user, channel_id)
-        data: dict[str, Any] = {"id": (command or {}).get("id", str(self._new_id())), "name": top, "type": 1}
-        data["options"] = [{"name": sub_name, "type": 1, "options": opts}] if sub_name else opts
+        data = self._command_data(name, command, guild_scoped, opts)
         if resolved:
             data["resolved"] = resolved
-        if guild_scoped:
-            data["guild_id"] = str(self.guild_id)
         return await self._interact(2, user, channel_id, data)
+
+    async def autocomplete(
+        self,
+        name: str,
+        *,
+        focused: str,
+        value: str,
+        user: str = "alice",
+        channel: str = "general",
+        options: dict[str, Any] | None = None,
+    ) -> FakeInteraction:
+        """Type ``value`` into the option ``focused`` of ``/name`` (or ``/group sub``) as a member, with ``options``
+        filled in before (typed as in ``slash``): an APPLICATION_COMMAND_AUTOCOMPLETE interaction (type 4). Its
+        focused option is sent as typed, a string marked ``"focused": true``, and without resolved data. The bot
+        answers with callback type 8: ``await fake.wait_for(lambda: interaction.choices is not None)``.
+
+        Raises: InvocationError where the client sends nothing: the command is not synced, or the option is not
+        declared with ``autocomplete: true`` (Discord autocompletes only STRING, INTEGER and NUMBER options)."""
+        command, sub, guild_scoped = self._command_target(name)
+        if command is None:
+            raise InvocationError(f"/{name} is not synced: the client autocompletes only synced options")
+        parent = sub or command
+        option = next((o for o in parent.get("options", []) if o["name"] == focused), None)
+        if option is None:
+            raise InvocationError(f"/{name} has no option {focused!r}")
+        if not option.get("autocomplete") or option["type"] not in AUTOCOMPLETE_OPTION_TYPES:
+            raise InvocationError(f"option {focused!r} of /{name} is not declared with autocomplete")
+        if focused in (options or {}):
+            raise InvocationError(f"option {focused!r} is the one being typed: pass it as value, not in options")
+        if option["type"] == 3 and len(value) > option.get("max_length", 6000):
+            raise InvocationError(f"option {focused!r} takes at most {option.get('max_length', 6000)} characters")
+        channel_id = self.channel_id(channel)
+        opts, _ = self._typed_options(parent, options or {})  # Discord resolves nothing for autocomplete
+        self._check_invocation(command, parent.get("options", []), opts, user, channel_id, complete=False)
+        typed = {"name": focused, "type": option["type"], "value": value, "focused": True}
+        data = self._command_data(name, command, guild_scoped, [*opts, typed])
+        return await self._interact(AUTOCOMPLETE, user, channel_id, data, focused=typed)
 
     async def click(
         self, message_id: int, custom_id: str, *, user: str = "alice", values: list[str] | None = None
@@ -835,10 +868,62 @@ class FakeDiscord:
                     return command, scope is not None
         return None, False
 
+    def _command_target(self, name: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None, bool]:
+        """The synced command of ``name`` (``"group sub"`` too), its subcommand, and whether it is guild-scoped."""
+        top, _, sub_name = name.partition(" ")
+        command, guild_scoped = self._find_command(top)
+        if not sub_name:
+            return command, None, guild_scoped
+        subs = [o for o in (command or {}).get("options", []) if o["type"] == 1 and o["name"] == sub_name]
+        if not subs:
+            raise InvocationError(f"/{top} has no subcommand {sub_name!r}")
+        return command, subs[0], guild_scoped
+
+    def _typed_options(
+        self, parent: dict[str, Any] | None, options: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """``options`` as Discord sends them (types from ``parent``'s schema, else the Python type), and what it
+        resolves: a USER option takes a member's name (``"bob"``) and is sent as their id."""
+        schema = {o["name"]: o for o in (parent or {}).get("options", [])}
+        opts: list[dict[str, Any]] = []
+        resolved: dict[str, Any] = {}
+        for key, value in options.items():
+            kind = schema[key]["type"] if key in schema else OPTION_TYPES.get(type(value))
+            if kind is None:
+                raise InvocationError(f"option {key!r}: cannot send a {type(value).__name__}")
+            if kind == 6:  # USER: the member's name becomes their id, with the user and member resolved
+                member = self._member(value)
+                resolved.setdefault("users", {})[member["user"]["id"]] = member["user"]
+                resolved.setdefault("members", {})[member["user"]["id"]] = {
+                    k: v for k, v in member.items() if k != "user"
+                }
+                value = member["user"]["id"]
+            opts.append({"name": key, "type": kind, "value": value})
+        return opts, resolved
+
+    def _command_data(
+        self, name: str, command: dict[str, Any] | None, guild_scoped: bool, opts: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """An interaction's ``data`` for ``/name`` (a subcommand's options nest under it)."""
+        top, _, sub_name = name.partition(" ")
+        data: dict[str, Any] = {"id": (command or {}).get("id", str(self._new_id())), "name": top, "type": 1}
+        data["options"] = [{"name": sub_name, "type": 1, "options": opts}] if sub_name else opts
+        if guild_scoped:
+            data["guild_id"] = str(self.guild_id)
+        return data
+
     def _check_invocation(
-        self, command: dict[str, Any], options: list[dict[str, Any]], opts: list[dict[str, Any]], user: str, cid: int
+        self,
+        command: dict[str, Any],
+        options: list[dict[str, Any]],
+        opts: list[dict[str, Any]],
+        user: str,
+        cid: int,
+        *,
+        complete: bool = True,
     ) -> None:
-        """What the Discord client enforces before an interaction is ever sent."""
+        """What the Discord client enforces before an interaction is ever sent; required options only when the
+        command is sent (``complete``), not while the member is still filling it in (autocomplete)."""
         perms = self.permissions(user, cid)
         needed = int(command.get("default_member_permissions") or 0)
         if perms & needed != needed:
@@ -848,7 +933,7 @@ class FakeDiscord:
         schema = {o["name"]: o for o in options}
         given = {o["name"]: o["value"] for o in opts}
         for name, option in schema.items():
-            if option.get("required") and name not in given:
+            if complete and option.get("required") and name not in given:
                 raise InvocationError(f"option {name!r} is required")
         for name, value in given.items():
             option = schema.get(name)
@@ -868,7 +953,14 @@ class FakeDiscord:
                 raise InvocationError(f"option {name!r} must have {min_length} to {max_length} characters")
 
     async def _interact(
-        self, kind: int, user: str, channel_id: int, data: dict[str, Any], source: FakeMessage | None = None
+        self,
+        kind: int,
+        user: str,
+        channel_id: int,
+        data: dict[str, Any],
+        source: FakeMessage | None = None,
+        *,
+        focused: dict[str, Any] | None = None,
     ) -> FakeInteraction:
         iid = self._new_id()
         token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(48)
@@ -905,6 +997,7 @@ class FakeDiscord:
             created_at=self.clock(),
             payload=payload,
             source_message_id=source.id if source else None,
+            focused=focused,  # before the dispatch: the bot may answer before dispatch() returns
         )
         self.interactions[iid] = interaction
         self._by_token[token] = interaction
@@ -1088,7 +1181,13 @@ class FakeDiscord:
         callback = Callback(type=sent.get("type", 0), time=self.clock(), data=sent.get("data") or {})
         interaction.callbacks.append(callback)
         try:
-            self._check_body(request, payload)
+            if interaction.focused is not None and callback.type == AUTOCOMPLETE_RESULT:
+                # the spec's union of result data, held to the branch of the option being typed
+                problems = autocomplete_result_problems(payload, interaction.focused["type"]) if self.validate else []
+                if problems:
+                    raise refusal(problems)
+            else:
+                self._check_body(request, payload)
             if interaction.acknowledged:
                 raise ApiError(400, "Interaction has already been acknowledged.", 40060)
             if callback.time - interaction.created_at > self.first_response_deadline_s:
@@ -1106,10 +1205,14 @@ class FakeDiscord:
         kind, data = callback.type, callback.data
         source = self.messages.get(interaction.source_message_id or 0)
         message: FakeMessage | None = None
-        if kind == 4:
+        # an autocomplete is answered with choices only (it cannot be deferred), and choices answer nothing else
+        autocomplete = interaction.type == AUTOCOMPLETE
+        if autocomplete and kind == AUTOCOMPLETE_RESULT:
+            interaction.choices = [c for c in data.get("choices") or [] if c is not None]
+        elif kind == 4 and not autocomplete:
             message = self._create_message(interaction.channel_id, data, uploads, interaction=interaction)
             interaction.original_message_id = message.id
-        elif kind == 5:
+        elif kind == 5 and not autocomplete:
             flags = LOADING | (int(data.get("flags") or 0) & EPHEMERAL)
             message = self._new_message(interaction.channel_id, interaction=interaction, flags=flags)
             interaction.original_message_id = message.id
@@ -1118,7 +1221,7 @@ class FakeDiscord:
             if kind == 7:
                 self._apply_edit(source, data, uploads, default_parse=WEBHOOK_MENTIONS)
                 message = source
-        elif kind == 9 and interaction.type != 5:
+        elif kind == 9 and interaction.type not in (5, AUTOCOMPLETE):
             if not data.get("custom_id") or not data.get("title") or not data.get("components"):
                 raise invalid_form("data", "A modal needs custom_id, title and components.")
             interaction.modal = data
@@ -1137,6 +1240,8 @@ class FakeDiscord:
         interaction = self._by_token.get(request.match_info["token"])
         if interaction is None:
             raise ApiError(401, "Invalid Webhook Token", 50027)
+        if interaction.type == AUTOCOMPLETE:  # choices are its only answer: no message, no followups
+            raise ApiError(404, "Unknown Webhook", 10015)
         age = self.clock() - interaction.created_at
         # Discord drops the token after 15 minutes, or at once when the 3 s deadline passed unanswered
         if age > self.token_ttl_s or (not interaction.acknowledged and age > self.first_response_deadline_s):

@@ -59,6 +59,9 @@ def discord_spec() -> dict[str, Any]:
         schemas[name]["properties"]["content"]["maxLength"] = 2000
     for key in ("name", "value"):
         schemas["RichEmbedField"]["properties"][key]["minLength"] = 1
+    # and a choice's string value at most 100 characters, in a command's choices and in autocomplete results alike
+    # (the spec allows 6000)
+    schemas["ApplicationCommandOptionStringChoice"]["properties"]["value"]["maxLength"] = 100
     _enums_from_consts(spec)
     return spec
 
@@ -188,6 +191,35 @@ def form_error(error: ValidationError, prefix: list[str | int] | None = None) ->
     return path, "BASE_TYPE_INVALID", error.message
 
 
+# autocomplete results: the spec's union of their data, narrowed to the focused option's type
+
+AUTOCOMPLETE_DATA = {  # option type -> the spec's schema of a type 8 callback's data for it
+    3: "InteractionApplicationCommandAutocompleteCallbackStringData",
+    4: "InteractionApplicationCommandAutocompleteCallbackIntegerData",
+    10: "InteractionApplicationCommandAutocompleteCallbackNumberData",
+}
+
+
+def autocomplete_result_problems(payload: Any, option_type: int) -> list[FormError]:
+    """Every problem Discord would report in a callback of type 8 (APPLICATION_COMMAND_AUTOCOMPLETE_RESULT) that
+    answers an option of ``option_type``: the spec's request, its data held to the option's branch of the union."""
+    return [form_error(leaf) for e in _autocomplete_result(option_type).iter_errors(payload) for leaf in leaves(e)]
+
+
+@functools.cache
+def _autocomplete_result(option_type: int) -> Draft202012Validator:
+    # the spec's data is a union of three branches that only the interaction tells apart (by the focused option's
+    # type), so a generic check reports the first branch's problems: the integer ones for a string option
+    request = ("components", "schemas", "ApplicationCommandAutocompleteCallbackRequest")
+    data = AUTOCOMPLETE_DATA[option_type]  # KeyError: Discord autocompletes only these three types
+    schema = {
+        "type": "object",
+        "properties": {"type": _ref(*request, "properties", "type"), "data": _ref("components", "schemas", data)},
+        "required": discord_spec()["components"]["schemas"][request[-1]]["required"],
+    }
+    return _validator(schema)
+
+
 # application commands: what the docs add to the spec
 
 COMMANDS_PER_TYPE = {1: 100, 2: 15, 3: 15}  # CHAT_INPUT, USER, MESSAGE: what one scope may hold
@@ -244,11 +276,6 @@ def _option_problems(path: list[str | int], options: list[dict[str, Any]]) -> li
                 problems.append(([*where, "required"], "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID_ORDER", message))
         else:
             optional_seen = True
-        for c, choice in enumerate(option.get("choices") or []):
-            if isinstance(choice["value"], str) and len(choice["value"]) > 100:
-                problems.append(
-                    ([*where, "choices", c, "value"], "BASE_TYPE_MAX_LENGTH", "Must be 100 or fewer in length.")
-                )
     return problems
 
 
