@@ -71,8 +71,12 @@ class JobCanceller:
                 return CancelResult(note, cancelled=True)
             if job.state.finished:
                 return CancelResult(f"This job has already ended ({job.state.value}).", cancelled=False)
-        if job.state is JobState.SEGMENTING:
+        if job.state is JobState.SEGMENTING and job.segment_request_id is not None:
             return await self._cancel_segmentation(job, user_id)
+        if job.state is JobState.SEGMENTING:  # on the wire, its request id unknown: ended now, it runs on uncancelled
+            return CancelResult(
+                "The mask search is being sent to fal right now; try again in a moment.", cancelled=False
+            )
         if job.state is JobState.SUBMITTING:
             return CancelResult("The job is being sent to fal right now; try again in a moment.", cancelled=False)
         return CancelResult("Too late: the results are already on their way.", cancelled=False)
@@ -80,11 +84,10 @@ class JobCanceller:
     async def _cancel_segmentation(self, job: Job, user_id: int) -> CancelResult:
         """fal is looking for the mask: stop that (best effort) and end the job; the inpainting is never sent."""
         self.pipeline.pause_watch(job.id)
-        if job.segment_request_id is not None:
-            try:
-                await self.fal.cancel(self.pipeline.segment_handle(job))
-            except FalError as exc:  # the job ends anyway: a search that finishes regardless is billed, no more
-                log.warning("job=%s cancel of the mask search could not reach fal: %s", job.id, exc.message)
+        try:
+            await self.fal.cancel(self.pipeline.segment_handle(job))
+        except FalError as exc:  # the job ends anyway: a search that finishes regardless is billed, no more
+            log.warning("job=%s cancel of the mask search could not reach fal: %s", job.id, exc.message)
         note = "Cancelled while fal looked for the mask; only that search may be billed."
         try:
             await self.pipeline.end_cancelled(job, user_id, note)

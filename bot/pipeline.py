@@ -187,11 +187,12 @@ class JobPipeline:
             if not isinstance(stop.cause, UserFacingError):
                 log.error("job=%s failed on our side", job.id, exc_info=stop.cause)
             unknown = stop.action is Action.FAIL_UNKNOWN
+            searching = job.state is JobState.SEGMENTING  # the search's submit went unanswered, not the inpainting's
             await self._fail_with(
                 job,
                 stop.cause,
                 billed=unknown or job.request_id is not None,
-                message=SUBMIT_UNKNOWN if unknown else None,
+                message=(SEGMENT_UNKNOWN if searching else SUBMIT_UNKNOWN) if unknown else None,
             )
         except Exception as exc:  # the last line: nothing leaves a job in a live state
             if not isinstance(exc, UserFacingError):

@@ -65,6 +65,8 @@ async def make_rig(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[MakeRig
 
     yield make
     for rig in rigs:
+        if rig.fal.submit_gate is not None:  # first: a stop waits for a submit under way to be answered
+            rig.fal.submit_gate.set()
         await rig.stop()
         if rig.fal.hold is not None:
             rig.fal.release()

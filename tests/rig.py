@@ -19,6 +19,8 @@ from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage
 from tests.fakes.fal import FakeFal
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# The fake Discord sends its one GUILD_CREATE right after READY; discord.py would wait 2 s for more before "ready".
+GUILD_READY_TIMEOUT_S = 0.05
 
 
 def fixture(name: str) -> bytes:
@@ -74,6 +76,7 @@ class BotRig:
             self.settings = settings
         stack = contextlib.AsyncExitStack()
         bot = await stack.enter_async_context(runtime(self.settings))
+        bot._connection.guild_ready_timeout = GUILD_READY_TIMEOUT_S  # bot.app builds the Client; set before connect
         await bot.login(self.settings.discord.token.get_secret_value())
         self._conn = asyncio.create_task(bot.connect(reconnect=False))
         await asyncio.wait_for(bot.wait_until_ready(), 10)
@@ -107,7 +110,7 @@ class BotRig:
         mask_name: str = "mask.png",
         **options: Any,
     ) -> FakeInteraction:
-        attachments = {"image": (image_name, image, None)}
+        attachments: dict[str, tuple[str, bytes, str | None]] = {"image": (image_name, image, None)}
         if mask is not None:
             attachments["mask"] = (mask_name, mask, None)
         return await self.discord.slash(

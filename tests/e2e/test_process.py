@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import signal
+import sqlite3
 from typing import Any
 
 import pytest
 from PIL import Image
 
+from bot.models import Job, JobState
 from tests.e2e.conftest import MakeE2E
 from tests.e2e.harness import poll_until
 from tests.fakes.discord import ManualClock
@@ -25,15 +28,16 @@ async def inpaint(  # type: ignore[no-untyped-def]
     user: str = "alice",
     channel: str = "general",
     image: tuple[str, bytes] = ("photo.png", COFFEE),
-    mask: tuple[str, bytes] = ("mask.png", COFFEE_MASK),
+    mask: tuple[str, bytes] | None = ("mask.png", COFFEE_MASK),
     **options,
 ):
+    attachments = {"image": (*image, None)} | ({"mask": (*mask, None)} if mask is not None else {})
     return await e2e.discord.slash(
         "inpaint",
         user=user,
         channel=channel,
         options={"prompt": "a red hat", **options},
-        attachments={"image": (*image, None), "mask": (*mask, None)},
+        attachments=attachments,
     )
 
 
@@ -60,6 +64,12 @@ async def eventually(e2e, condition, what: str, timeout: float = 20) -> None:  #
 def logged(e2e, needle: str, start: int):  # type: ignore[no-untyped-def]
     """Whether the ``start``-th run of the bot logged ``needle``."""
     return lambda: needle in e2e.bot.log_text().split(f"---- start {start}\n")[-1]
+
+
+def stored_jobs(e2e) -> list[Job]:  # type: ignore[no-untyped-def]
+    """The job store's rows as the bot left them on disk (read while the bot is down)."""
+    with contextlib.closing(sqlite3.connect(e2e.bot.workdir / "data" / "fluxpaint.sqlite3")) as db:
+        return [Job.model_validate_json(data) for (data,) in db.execute("SELECT data FROM jobs ORDER BY created_at")]
 
 
 def result_messages(e2e):  # type: ignore[no-untyped-def]
@@ -96,10 +106,24 @@ async def test_kill_9_while_queued_then_restart_delivers_once(make_e2e: MakeE2E)
     assert len(e2e.fal.submits) == 1
 
 
+async def preview_uploaded(e2e, interaction) -> None:  # type: ignore[no-untyped-def]
+    """Wait (fal holding the job) until the reply shows the mask preview: every upload after it is the result's."""
+    await wait_text(e2e, interaction, "Queued at fal")
+
+    def shown() -> bool:
+        reply = interaction.original()
+        return reply is not None and [a.filename for a in reply.attachments] == ["mask-preview.jpg"]
+
+    await e2e.discord.wait_for(shown, 20)
+
+
 async def test_kill_9_after_discord_took_the_upload_posts_it_once(make_e2e: MakeE2E) -> None:
     gate = asyncio.Event()
-    e2e = await make_e2e(fake_discord={"upload_gate": gate})
+    e2e = await make_e2e(fake_discord={"upload_gate": gate, "upload_gate_after": 10**6}, fake_fal={"hold": True})
     interaction = await inpaint(e2e, num_images=2)
+    await preview_uploaded(e2e, interaction)
+    e2e.discord.upload_gate_after = e2e.discord.uploads_seen  # from here on: the result's upload
+    e2e.fal.release()
     await e2e.discord.wait_for(lambda: e2e.discord.uploads_waiting > 0, 20)
     await e2e.bot.kill()  # Discord has the images; the bot never heard back
     gate.set()
@@ -166,7 +190,8 @@ async def test_default_pacing_causes_no_429(make_e2e: MakeE2E) -> None:
 
 async def test_a_result_over_the_upload_limit_is_re_encoded_not_dropped(make_e2e: MakeE2E) -> None:
     e2e = await make_e2e(fake_discord={"upload_limit_bytes": 300_000}, fake_fal={"result_noise": True})
-    interaction = await inpaint(e2e, output_format="png")
+    # all of it repainted, so the noise is delivered whole: pasted into a mask's area only, it would be far smaller
+    interaction = await inpaint(e2e, mask=None, region="everything", output_format="png")
     final = await wait_text(e2e, interaction, "Inpainted")
     (attachment,) = final.attachments
     assert attachment.size <= 300_000
@@ -296,8 +321,11 @@ async def test_kill_9_while_running_watches_again_and_delivers_once(make_e2e: Ma
 
 async def test_kill_9_between_fetching_the_result_and_posting_it(make_e2e: MakeE2E) -> None:
     hold = asyncio.Event()
-    e2e = await make_e2e(fake_discord={"upload_hold": hold}, fake_fal={"positions": [0]})
+    e2e = await make_e2e(fake_fal={"positions": [0], "hold": True})
     interaction = await inpaint(e2e, num_images=2)
+    await preview_uploaded(e2e, interaction)
+    e2e.discord.upload_hold = hold  # from here on: the result's upload
+    e2e.fal.release()
     await e2e.discord.wait_for(lambda: e2e.discord.uploads_held > 0, 20)
     await e2e.bot.kill()  # the result is on disk; Discord never acted on the post
     hold.set()
@@ -312,11 +340,15 @@ async def test_kill_9_in_the_middle_of_a_multi_message_delivery(make_e2e: MakeE2
     gate = asyncio.Event()
     e2e = await make_e2e(
         # two 0.7 MB results and 1 MiB per request: the reply carries one, a second message the other
-        fake_discord={"upload_gate": gate, "upload_gate_after": 1, "max_request_bytes": 1024 * 1024},
-        fake_fal={"result_noise": True, "positions": [0]},
+        fake_discord={"upload_gate": gate, "upload_gate_after": 10**6, "max_request_bytes": 1024 * 1024},
+        fake_fal={"result_noise": True, "positions": [0], "hold": True},
         discord={"max_request_bytes": 1024 * 1024},
     )
-    interaction = await inpaint(e2e, num_images=2, output_format="png")
+    # all of it repainted, so each result is fal's noise as it is: pasted into a mask's area only, both would fit one
+    interaction = await inpaint(e2e, mask=None, region="everything", num_images=2, output_format="png")
+    await preview_uploaded(e2e, interaction)
+    e2e.discord.upload_gate_after = e2e.discord.uploads_seen + 1  # the reply's part answered, the second held
+    e2e.fal.release()
     await e2e.discord.wait_for(lambda: e2e.discord.uploads_waiting > 0, 30)
     await e2e.bot.kill()  # Discord posted the second message; the bot never heard back
     gate.set()
@@ -388,3 +420,28 @@ async def test_a_prompt_with_markdown_shows_as_typed(make_e2e: MakeE2E) -> None:
     description = final.embeds[0]["description"]
     assert description.startswith(r"\## \*\*huge\*\* \[click me](https://evil.example) @" + "\u200bhere")
     assert e2e.fal.submits[0]["prompt"] == "## **huge** [click me](https://evil.example) @here"  # fal gets it as typed
+
+
+# issue 12: a mask from words, found by fal's segmentation endpoint before the inpainting is sent
+
+
+async def test_kill_9_while_fal_looks_for_the_mask_resumes_the_same_search(make_e2e: MakeE2E) -> None:
+    e2e = await make_e2e(fake_fal={"hold": True})
+    interaction = await inpaint(e2e, mask=None, mask_prompt="the cup", output_format="png")
+    await wait_text(e2e, interaction, "Finding “the cup” in your image")
+    # the bot asks fal about the search only once it has stored the search's request id
+    await eventually(e2e, lambda: len(e2e.fal.jobs) == 1 and e2e.fal.status_calls > 0, "the search being watched")
+    await e2e.bot.kill()
+    (search_id,) = e2e.fal.jobs
+    (stored,) = stored_jobs(e2e)
+    assert stored.state is JobState.SEGMENTING and stored.segment_request_id == search_id and stored.crop is None
+    await e2e.bot.start()
+    await eventually(e2e, logged(e2e, "resumed 1 job(s)", start=2), "the search resumed")
+    e2e.fal.release()
+    final = await wait_text(e2e, interaction, "Inpainted")
+    await eventually(e2e, logged(e2e, "delivered", start=2), "delivery by the second run")
+    (attachment,) = final.attachments
+    assert Image.open(io.BytesIO(attachment.data)).size == (600, 400)
+    assert [job.endpoint for job in e2e.fal.jobs.values()] == ["fal-ai/evf-sam", "fal-ai/flux-lora/inpainting"]
+    assert len(e2e.fal.submits) == 2 and e2e.fal.refused == [] and e2e.fal.cancels == []
+    assert len(result_messages(e2e)) == 1 and "Traceback" not in e2e.bot.log_text()

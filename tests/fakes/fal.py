@@ -135,6 +135,7 @@ class FakeFal:
         submit_5xx_count: int = 0,
         submit_5xx_status: int = 503,
         hang_submit: bool = False,
+        submit_gate: asyncio.Event | None = None,
         drop_status_count: int = 0,
         rate_limit_count: int = 0,
         retry_after: str = "1",
@@ -161,6 +162,8 @@ class FakeFal:
         - ``status_5xx_rate``: share of status calls answered 503 (seeded).
         - ``submit_5xx_count``: the first N submits answer ``submit_5xx_status`` (503) and create no job.
         - ``hang_submit``: submits create the job and never answer.
+        - ``submit_gate``: submits create the job, then answer only once the event is set (``submits_waiting``
+          counts those waiting), so a test can act while a submit is on the wire.
         - ``drop_status_count``: the first N status calls close the connection (aiohttp re-sends an idempotent
           request once by itself, so one client-side failure uses two).
         - ``rate_limit_count``: the first N queue calls answer 429 with ``Retry-After: retry_after``.
@@ -191,6 +194,8 @@ class FakeFal:
         self.submit_5xx_count = submit_5xx_count
         self.submit_5xx_status = submit_5xx_status
         self.hang_submit = hang_submit
+        self.submit_gate = submit_gate
+        self.submits_waiting = 0
         self.drop_status_count = drop_status_count
         self.rate_limit_count = rate_limit_count
         self.retry_after = retry_after
@@ -331,6 +336,15 @@ class FakeFal:
         if not job.images:
             job.images = self._render(job)
 
+    async def _until(self, event: asyncio.Event) -> None:
+        """Wait for ``event``, or for the server to close."""
+        waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._closing.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
     def _held(self) -> bool:
         return self.hold is not None and not self.hold.is_set()
 
@@ -369,6 +383,14 @@ class FakeFal:
         if self.hang_submit:
             await self._closing.wait()  # the job exists, the answer never comes
             return _json({"detail": "shutting down"}, 503)
+        if self.submit_gate is not None and not self.submit_gate.is_set():
+            self.submits_waiting += 1
+            try:
+                await self._until(self.submit_gate)  # the job exists, the answer waits for the test
+            finally:
+                self.submits_waiting -= 1
+            if self._closing.is_set():
+                return _json({"detail": "shutting down"}, 503)
         queue_position = job.current.get("queue_position", 0)
         answer = {"status": "IN_QUEUE", "request_id": job.request_id, "queue_position": queue_position}
         return _json({**answer, **self._urls(job)}, headers={"x-fal-request-id": job.request_id})
