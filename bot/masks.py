@@ -360,7 +360,9 @@ def plan_send(mask: Image.Image, *, limits: LimitSettings, margin_px: int) -> Se
     sent = sent_size(width, height, limits.max_megapixels, min_megapixels=0)  # SPEC 3: the whole image is not scaled up
     if (crop_width, crop_height) != (width, height):
         crop_sent = sent_size(crop_width, crop_height, limits.max_megapixels)
-        if crop_sent[0] * crop_sent[1] < sent[0] * sent[1]:  # a crop scaled up past the whole image would cost more
+        scaled_up = crop_sent[0] * crop_sent[1] > crop_width * crop_height
+        # a crop scaled up past the whole image would cost more than the whole: then the whole goes
+        if not (scaled_up and crop_sent[0] * crop_sent[1] >= sent[0] * sent[1]):
             note = (
                 f"Only the area around the mask ({crop_width}×{crop_height}) is sent to fal; "
                 "the rest of your photo is kept as it is."

@@ -182,6 +182,7 @@ class Scheduler:
             self._timer.cancel()
         if self._pump is not None:
             self._pump.cancel()
+            await asyncio.wait([self._pump])  # a pass under way must not read the store after it closes
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()

@@ -340,11 +340,6 @@ async def test_a_box_or_region_on_a_large_photo_keeps_every_pixel_beyond_the_sea
     assert f"Est. cost: {usd(PRICE_PER_MP * sent_image.width * sent_image.height / 1e6)}" in visible_text(final)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot/masks.py plan_send sends the whole photo when the crop, capped at 2 MP, is not fewer pixels than "
-    "the whole photo capped at 2 MP (SPEC 11: the crop is sent whenever it is smaller than the image)",
-)
 @pytest.mark.parametrize("region", ["center", "right"])
 async def test_a_region_of_a_large_photo_sends_fal_only_the_part_around_it(make_rig: MakeRig, region: str) -> None:
     rig = await make_rig()
