@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
@@ -218,10 +218,19 @@ def no_retry_header(headers: Mapping[str, str]) -> bool:
     return headers.get("X-Fal-Request-Timeout-Type", "").lower() == "user"  # start_timeout expired: never retry
 
 
-def fal_input(options: InpaintOptions, image_url: str, mask_url: str) -> InpaintInput:
-    """What fal is sent for these options: the one place the member's choices become fal's input."""
+def fal_input(
+    options: InpaintOptions,
+    image_url: str,
+    mask_url: str,
+    *,
+    prompt: str | None = None,
+    loras: Sequence[LoraWeight] = (),
+) -> InpaintInput:
+    """What fal is sent for these options: the one place the member's choices become fal's input; ``prompt`` is
+    the one the style and the LoRAs' trigger words made (default the member's own)."""
     return InpaintInput(
-        prompt=options.prompt,
+        prompt=prompt if prompt is not None else options.prompt,
+        loras=list(loras),
         image_url=image_url,
         mask_url=mask_url,
         strength=options.strength,

@@ -15,6 +15,8 @@ from bot.config import Settings
 from bot.downloads import DownloadError, fetch
 from bot.errors import InputError, RefusedError
 from bot.files import PREVIEW_FILE, JobFiles
+from bot.library import LoraLibrary
+from bot.loras import Resolved
 from bot.models import InpaintOptions, Job, Origin, Upload, utcnow
 from bot.progress import usd
 from bot.store import JobStore
@@ -72,6 +74,7 @@ class Intake:
         admin: GuildAdmin,
         files: JobFiles,
         session: aiohttp.ClientSession,
+        library: LoraLibrary,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.settings = settings
@@ -79,6 +82,7 @@ class Intake:
         self.admin = admin
         self.files = files
         self.session = session
+        self.library = library
         self.clock = clock
         # downloads and decodes at once: each holds up to max_input_bytes plus the decoded pixels
         self._prepare_slots = asyncio.Semaphore(settings.limits.max_parallel_prepare)
@@ -100,7 +104,7 @@ class Intake:
         facts = await self.store.member_facts(origin.guild_id, origin.user_id)  # one query: bursts come here first
         if (reason := self.admin.refusal_in(origin.guild_id, facts)) is not None:
             raise RefusedError(reason)
-        options = self._effective_options(options, origin)
+        options = self._effective_options((await self.resolve(options, origin)).options, origin)
         if facts.unfinished + pending >= self.settings.limits.max_jobs_per_user:
             raise RefusedError(self.cap_text())
         user_daily, guild_monthly = (
@@ -122,6 +126,14 @@ class Intake:
                     f"It resets <t:{int(next_month(now).timestamp())}:R>."
                 )
         return options
+
+    async def resolve(self, options: InpaintOptions, origin: Origin) -> Resolved:
+        """The options with the member's style and LoRAs applied; what the member set explicitly wins.
+
+        Raises:
+            LoraError: an unknown style or LoRA, the same LoRA twice, too many, or a link that is not allowed.
+        """
+        return await self.library.resolve(options, origin.guild_id, frozenset(options.model_fields_set))
 
     def cap_text(self) -> str:
         return (

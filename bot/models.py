@@ -85,6 +85,16 @@ class Upload(BaseModel):
     content_type: str | None = None
 
 
+class LoraUse(BaseModel):
+    """A LoRA as fal receives it, and its name for the result embed (bot.loras resolves the member's choice)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    scale: float
+    label: str  # "pixel-art × 0.8"
+
+
 class Origin(BaseModel):
     """Where a job came from and how to reach its reply."""
 
@@ -115,6 +125,10 @@ class Job(BaseModel):
     options: InpaintOptions
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+    # the style and LoRAs applied (SPEC 9): what fal receives instead of the member's own prompt, and the LoRAs
+    fal_prompt: str | None = None
+    loras: list[LoraUse] = Field(default_factory=list)
 
     # filled by validation
     width: int | None = None  # the input's size; results are delivered at this size

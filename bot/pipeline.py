@@ -8,111 +8,39 @@ import contextlib
 import functools
 import itertools
 import logging
-import weakref
-from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
-from typing import TypeVar
+from datetime import timedelta
 
-import aiohttp
-
-from bot import images
-from bot.admin import GuildAdmin
-from bot.config import Settings, app_id
-from bot.downloads import fetch
 from bot.errors import RefusedError, UserFacingError, user_message
-from bot.eta import QueueEstimator
-from bot.fal import FalQueueClient
 from bot.fal_models import (
     FalError,
     FalHandle,
     FalJobError,
-    InpaintInput,
     QueueStatus,
     SegmentInput,
     SegmentOutput,
-    fal_input,
 )
-from bot.files import JobFiles
 from bot.intake import (
-    FULL_MASK_FILE,
-    MASK_FILE,
-    ORIGINAL_FILE,
-    SEGMENT_INPUT_FILE,
-    Intake,
     day_start,
-    input_file,
     month_start,
     result_file,
 )
-from bot.models import InpaintOptions, Job, JobState, Origin, Upload, utcnow
+from bot.job_steps import RESTARTED_WHILE_CHECKING, SEGMENT_UNKNOWN, SUBMIT_UNKNOWN, JobSteps, StopJob
+from bot.models import InpaintOptions, Job, JobState, LoraUse, Origin, Upload
 from bot.policy import Action, Step, decide
 from bot.progress import (
     EXACT_POSITIONS,
-    JobNotifier,
     ResultFile,
-    ResultPart,
-    eta_text,
-    place,
-    progress_reply,
     refresh_s,
     result_reply,
 )
-from bot.scheduler import CriticalSections
-from bot.store import JobStore
 from bot.store_schema import StaleJobError
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
-SUBMIT_UNKNOWN = (
-    "fal did not answer when the job was sent, so it may still run and be billed. "
-    "It was not sent again; check back or run /inpaint again."
-)
-SEGMENT_UNKNOWN = (
-    "fal did not answer when the bot asked it to find the mask, so it was not asked again (it may bill that "
-    "search). Please run /inpaint again."
-)
-RESTARTED_WHILE_CHECKING = "The bot restarted while checking your upload; please run /inpaint again."
-
-
-class _Stop(Exception):
-    """A step failed in a way ``bot.policy`` says ends the job."""
-
-    def __init__(self, action: Action, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.action = action
-        self.cause = cause
-
-
-class JobPipeline:
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        store: JobStore,
-        files: JobFiles,
-        fal: FalQueueClient,
-        session: aiohttp.ClientSession,
-        notifier: JobNotifier,
-        admin: GuildAdmin,
-        clock: Callable[[], datetime] = utcnow,
-        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.files = files
-        self.fal = fal
-        self.session = session
-        self.notifier = notifier
-        self.admin = admin
-        self.clock = clock
-        self.sleep = sleep
-        self.intake = Intake(settings=settings, store=store, admin=admin, files=files, session=session, clock=clock)
-        self.critical = CriticalSections()
-        self.eta = QueueEstimator()
-        self._watches: dict[str, asyncio.Task[object]] = {}  # what a cancel stops: a watch at fal
-        self._cancel_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+class JobPipeline(JobSteps):
+    """A job from the command to the posted images, top to bottom: accept, wait, (find the mask,) submit, follow,
+    fetch, deliver."""
 
     # 1. accept: everything is checked before the job enters the line
 
@@ -124,7 +52,16 @@ class JobPipeline:
         """
         # again: things may have changed since the cog asked
         options = await self.intake.check(options, origin, mask_file=mask is not None)
-        job = Job(origin=origin, options=options)
+        resolved = await self.intake.resolve(options, origin)
+        job = Job(
+            origin=origin,
+            options=options,
+            fal_prompt=resolved.prompt if resolved.prompt != options.prompt else None,
+            loras=[
+                LoraUse(path=weight.path, scale=weight.scale, label=label)
+                for weight, label in zip(resolved.loras, resolved.described, strict=True)
+            ],
+        )
         if not await self.store.create(job, max_unfinished_per_user=self.settings.limits.max_jobs_per_user):
             raise RefusedError(self.intake.cap_text())
         log.info("job=%s guild=%s user=%s accepted", job.id, origin.guild_id, origin.user_id)
@@ -183,7 +120,7 @@ class JobPipeline:
                         raise RuntimeError(f"job in state {job.state} given to the pipeline")
         except StaleJobError:
             log.info("job=%s was changed by another writer (a cancel); its runner stops", job.id)
-        except _Stop as stop:
+        except StopJob as stop:
             if not isinstance(stop.cause, UserFacingError):
                 log.error("job=%s failed on our side", job.id, exc_info=stop.cause)
             unknown = stop.action is Action.FAIL_UNKNOWN
@@ -216,7 +153,7 @@ class JobPipeline:
             action = decide(Step.SUBMIT, exc)
             if action is Action.REQUEUE:
                 return await self._requeue(job, exc)
-            raise _Stop(action, exc) from exc
+            raise StopJob(action, exc) from exc
         job.request_id = handle.request_id
         job.status_url, job.response_url, job.cancel_url = handle.status_url, handle.response_url, handle.cancel_url
         job.queue_position = status.queue_position
@@ -251,18 +188,10 @@ class JobPipeline:
             action = decide(Step.SUBMIT, exc)
             if action is Action.REQUEUE:
                 return await self._requeue(job, exc)
-            raise _Stop(action, exc) from exc
+            raise StopJob(action, exc) from exc
         job.segment_request_id = handle.request_id
         log.info("job=%s segmentation submitted request=%s", job.id, handle.request_id)
         return await self._save(job)
-
-    async def _segment_image(self, job: Job) -> str:
-        image = await asyncio.to_thread(self.files.read, job.id, SEGMENT_INPUT_FILE)
-        if not self.settings.fal.upload_inputs:
-            return await asyncio.to_thread(images.data_uri, image, "image/jpeg")
-        if job.image_url is None:  # uploaded once; a requeued job reuses the fal URL
-            job.image_url = await self.fal.upload(image, "image/jpeg", SEGMENT_INPUT_FILE)
-        return job.image_url
 
     async def _find_mask(self, job: Job) -> Job:
         """Wait for the segmentation, fetch its mask and build the inpainting's inputs from it."""
@@ -301,7 +230,7 @@ class JobPipeline:
         try:
             await self.intake.mask_found(job, raw)
         except UserFacingError as exc:  # "nothing matched …": no inpainting is sent
-            raise _Stop(Action.FAIL, exc) from exc
+            raise StopJob(Action.FAIL, exc) from exc
         log.info("job=%s mask found", job.id)
         job = await self._save(job, JobState.WAITING)
         await self._show(job)
@@ -319,28 +248,12 @@ class JobPipeline:
     async def _requeue(self, job: Job, exc: BaseException) -> Job:
         """fal did not take the job (nothing was sent): back in line for a later try, within the job's deadline."""
         if (self.clock() - job.created_at).total_seconds() > self.settings.fal.job_timeout_s:
-            raise _Stop(Action.FAIL, exc) from exc
+            raise StopJob(Action.FAIL, exc) from exc
         log.warning("job=%s fal did not take it (%s); back in line", job.id, exc)
         job.retry_at = self.clock() + timedelta(seconds=self.settings.fal.retry_pause_s)
         job = await self._save(job, JobState.WAITING)
         await self._show(job)
         return job
-
-    async def _payload(self, job: Job) -> InpaintInput:
-        image = await asyncio.to_thread(self.files.read, job.id, input_file(job))
-        mask = await asyncio.to_thread(self.files.read, job.id, MASK_FILE)
-        if self.settings.fal.upload_inputs:
-            image_url, mask_url = job.image_url, job.mask_url
-            if image_url is None or mask_url is None:  # uploaded once; a resumed job reuses the fal URLs
-                image_url = await self.fal.upload(image, job.input_mime, input_file(job))
-                mask_url = await self.fal.upload(mask, "image/png", MASK_FILE)
-                job.image_url, job.mask_url = image_url, mask_url
-                job = await self._save(job)
-        else:
-            # base64 of megabytes: off the event loop, like every other byte-crunching step
-            image_url = await asyncio.to_thread(images.data_uri, image, job.input_mime)
-            mask_url = await asyncio.to_thread(images.data_uri, mask, "image/png")
-        return fal_input(job.options, image_url, mask_url)
 
     async def _follow(self, job: Job) -> Job:
         """Watch fal until COMPLETED, within the job's deadline, then fetch the result (FETCHED)."""
@@ -401,7 +314,7 @@ class JobPipeline:
                 raise
             except Exception as exc:
                 if decide(Step.WATCH, exc) is not Action.RETRY:
-                    raise _Stop(decide(Step.WATCH, exc), exc) from exc
+                    raise StopJob(decide(Step.WATCH, exc), exc) from exc
                 log.warning("job=%s watch interrupted (%s); retrying", job.id, exc)
                 await self.sleep(self.settings.fal.retry_pause_s)
 
@@ -453,7 +366,7 @@ class JobPipeline:
             width, height = image.width or job.sent_width or job.width, image.height or job.sent_height or job.height
             megapixels += width * height / 1e6
         if not names:
-            raise _Stop(Action.FAIL, FalJobError("fal finished but returned no images."))
+            raise StopJob(Action.FAIL, FalJobError("fal finished but returned no images."))
         job.result_files = names
         job.seed = output.seed if output.seed is not None else job.options.seed
         job.nsfw_flags = list(output.has_nsfw_concepts)
@@ -462,38 +375,6 @@ class JobPipeline:
         job.completed_at = self.clock()
         job.queue_position = None
         return await self._save(job, JobState.FETCHED)
-
-    async def _download(self, url: str) -> bytes:
-        limits = self.settings.limits
-        return await fetch(
-            self.session,
-            url,
-            allowed_hosts=self.settings.fal.media_hosts,
-            max_bytes=limits.max_output_bytes,
-            timeout_s=limits.download_timeout_s,
-            what="result image",
-        )
-
-    async def _decode(self, job: Job, raw: bytes) -> bytes:
-        """fal's result at the input's size: pasted into the member's photo inside the mask (SPEC 11), or, for a job
-        stored before crops existed, the whole result scaled back."""
-        assert job.width is not None and job.height is not None
-        original = full_mask = None
-        if job.crop is not None:
-            original = await asyncio.to_thread(self.files.read, job.id, ORIGINAL_FILE)
-            full_mask = await asyncio.to_thread(self.files.read, job.id, FULL_MASK_FILE)
-        return await asyncio.to_thread(
-            images.finish_output,
-            raw,
-            width=job.width,
-            height=job.height,
-            output_format=job.options.output_format,
-            limits=self.settings.limits,
-            original=original,
-            crop=job.crop,
-            full_mask=full_mask,
-            feather_px=job.options.mask_feather,
-        )
 
     async def _deliver(self, job: Job) -> Job:
         if job.state is not JobState.DELIVERING:
@@ -527,138 +408,3 @@ class JobPipeline:
             "job=%s guild=%s user=%s delivered %d image(s)", job.id, job.origin.guild_id, job.origin.user_id, len(files)
         )
         return job
-
-    # 3. what a cancel needs from the path (bot.cancel decides)
-
-    def cancel_lock(self, job_id: str) -> asyncio.Lock:
-        """The lock a cancel of ``job_id`` holds while it decides; the watch waits for it before going on."""
-        lock = self._cancel_locks.get(job_id)
-        if lock is None:
-            lock = self._cancel_locks[job_id] = asyncio.Lock()
-        return lock
-
-    def pause_watch(self, job_id: str) -> None:
-        """Stop following fal for ``job_id`` while a cancel is decided: never a fetch or a delivery. The job is
-        followed again if the cancel does not end it."""
-        if (watch := self._watches.get(job_id)) is not None:
-            watch.cancel()
-
-    async def end_cancelled(self, job: Job, user_id: int | None, note: str, *, billed: bool = False) -> Job:
-        """Save ``job`` as CANCELLED over the version read, then show it.
-
-        Raises:
-            StaleJobError: the job moved on meanwhile; nothing was written.
-        """
-        self.eta.forget(job.id)
-        job.cancel_requested_by = user_id
-        self._charge(job, billed=billed)
-        job.notes = [*job.notes, f"Cancelled by <@{user_id}>." if user_id is not None else note]
-        job = await self._save(job, JobState.CANCELLED)
-        log.info("job=%s cancelled by user=%s", job.id, user_id)
-        await self.notifier.finish(job, progress_reply(job))
-        await self.notifier.forget(job.id)
-        return job
-
-    # what the waiting line shows
-
-    async def refusal(self, job: Job) -> str | None:
-        return await self.admin.job_refusal(job)
-
-    async def show_waiting(self, job: Job, *, position: int | None = None, held: str | None = None) -> None:
-        await self.notifier.update(job, progress_reply(job, line_position=position, held=held))
-
-    # small steps
-
-    async def _attempt(self, job: Job, step: Step, call: Callable[[], Awaitable[T]], deadline: datetime) -> T:
-        """``call`` until it succeeds, retried while ``bot.policy`` says RETRY and the deadline allows."""
-        while True:
-            try:
-                return await call()
-            except StaleJobError:
-                raise
-            except Exception as exc:
-                action = decide(step, exc)
-                if action is not Action.RETRY or self.clock() >= deadline:
-                    raise _Stop(Action.FAIL if action is Action.RETRY else action, exc) from exc
-                log.warning("job=%s %s failed (%s); trying again", job.id, step.value, exc)
-                await self.sleep(self.settings.fal.retry_pause_s)
-
-    async def _post(
-        self, job: Job, part: ResultPart, tries: itertools.count[int], interrupted: int | None
-    ) -> int | None:
-        # a retry, like a resumed delivery, may find its post already there: a failed post can still have landed
-        maybe_posted = next(tries) > 0 or part.index == interrupted
-        return await self.notifier.post(job, part, maybe_posted=maybe_posted)
-
-    async def _save(self, job: Job, state: JobState | None = None) -> Job:
-        if state is not None:
-            job.state = state
-        return await self.store.save(job)
-
-    async def _reread(self, job: Job) -> Job:
-        return await self.store.get(job.id) or job
-
-    def _eta_s(self, job: Job) -> float | None:
-        if job.state is JobState.QUEUED and job.queue_position is not None:
-            return self.eta.eta_s(job.queue_position)
-        return None
-
-    def _place(self, job: Job) -> tuple[str, str] | None:
-        """What a member reads of a job's place at fal: the rounded position and the estimate."""
-        if job.queue_position is None:
-            return None
-        return place(job.queue_position), eta_text(self._eta_s(job))
-
-    async def _show(self, job: Job) -> None:
-        await self.notifier.update(job, progress_reply(job, eta_s=self._eta_s(job)))
-
-    def _charge(self, job: Job, *, billed: bool) -> None:
-        """What a job that ends early costs: its estimate when the inpainting may be paid, the segmentation's price
-        when only that was sent, else nothing."""
-        if job.cost_usd is not None:
-            return
-        inpainting_sent = job.request_id is not None or job.state is not JobState.SEGMENTING
-        if billed and inpainting_sent:
-            job.cost_usd = job.cost_estimate_usd
-        elif job.segment_request_id is not None or job.state is JobState.SEGMENTING:
-            job.cost_usd = self.settings.masks.segment_price_usd
-
-    async def _fail(self, job: Job, message: str, *, billed: bool) -> Job:
-        self.eta.forget(job.id)
-        job.error = message
-        self._charge(job, billed=billed)
-        job = await self._save(job, JobState.FAILED)
-        log.warning("job=%s failed: %s", job.id, message)
-        await self.notifier.finish(job, progress_reply(job))
-        await self.notifier.forget(job.id)
-        return job
-
-    async def _fail_with(self, job: Job, exc: BaseException, *, billed: bool, message: str | None = None) -> None:
-        """End the job FAILED with a member-safe text."""
-        message = message or user_message(exc)
-        try:
-            try:
-                await self._fail(job, message, billed=billed)  # over the version last read: a cancel that won stays
-            except StaleJobError:
-                fresh = await self._reread(job)
-                if fresh.state.finished:
-                    log.info("job=%s was ended by another writer meanwhile", job.id)
-                    return
-                await self._fail(fresh, message, billed=billed)
-        except Exception as again:  # the store itself is failing: the next start resumes the row
-            log.error("job=%s could not be marked failed", job.id, exc_info=again)
-
-    def segment_handle(self, job: Job) -> FalHandle:
-        assert job.segment_request_id is not None
-        return self.fal.handle_for(job.segment_request_id, app=app_id(self.settings.masks.segment_endpoint))
-
-    def handle(self, job: Job) -> FalHandle:
-        assert job.request_id is not None
-        if job.status_url and job.response_url and job.cancel_url:
-            return FalHandle(
-                request_id=job.request_id,
-                status_url=job.status_url,
-                response_url=job.response_url,
-                cancel_url=job.cancel_url,
-            )
-        return self.fal.handle_for(job.request_id)

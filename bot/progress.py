@@ -223,13 +223,18 @@ def result_reply(job: Job, *, elapsed_s: float, withheld: int, notes: Sequence[s
         ("Time", f"{elapsed_s:.0f} s"),
         ("Est. cost", usd(job.cost_usd if job.cost_usd is not None else job.cost_estimate_usd)),
     ]
+    if opts.style is not None:
+        fields.append(("Style", member_text(opts.style)))
+    if job.loras:
+        fields.append(("LoRAs", "\n".join(lora.label for lora in job.loras)[:1024]))
     extra = list(job.notes) + list(notes)
     if withheld:
         noun = "image was" if withheld == 1 else "images were"
         extra.append(
             f"{withheld} {noun} withheld: fal's safety checker flagged it (allowed only in age-restricted channels)."
         )
-    description = _preview(opts.prompt, 3000)
+    # the prompt fal received: the style's template and the LoRAs' trigger words included
+    description = _preview(job.fal_prompt or opts.prompt, 3000)
     if extra:
         description += "\n\n" + "\n".join(f"ℹ️ {note}" for note in extra)
     embed = EmbedData(

@@ -18,6 +18,7 @@ from bot.errors import RefusedError
 from bot.fal import FalQueueClient
 from bot.files import JobFiles
 from bot.intake import day_start, month_start, next_day
+from bot.library import LoraLibrary
 from bot.models import InpaintOptions, Job, JobState, Origin, Upload, utcnow
 from bot.pipeline import JobPipeline
 from bot.progress import JobNotifier, usd
@@ -69,6 +70,7 @@ class JobService:
         self.files = files
         self.clock = clock
         self.admin = GuildAdmin(settings, store, clock)
+        self.library = LoraLibrary(settings, store)
         self.pipeline = JobPipeline(
             settings=settings,
             store=store,
@@ -77,6 +79,7 @@ class JobService:
             session=session,
             notifier=notifier,
             admin=self.admin,
+            library=self.library,
             clock=clock,
         )
         self.canceller = JobCanceller(self.pipeline)

@@ -17,6 +17,7 @@ from typing import Any
 import aiosqlite
 import pydantic
 
+from bot.config import LoraEntry, StyleEntry
 from bot.models import FINISHED_STATES, Job, JobState, utcnow
 from bot.store_schema import (
     COST_SQL,
@@ -536,3 +537,47 @@ class JobStore:
             AdminLogEntry(at=_from_ts(at), guild_id=guild_id, actor_id=actor, action=action, detail=detail)
             for at, actor, action, detail in rows
         ]
+
+    # the catalog entries a server's admins added (SPEC 9)
+
+    async def catalog_entries(self, guild_id: int) -> tuple[list[LoraEntry], list[StyleEntry]]:
+        """The guild's own LoRAs and styles, oldest first; one indexed query. An entry this version cannot read
+        is logged and left out."""
+        rows = await self._fetchall(
+            "SELECT kind, name, data FROM catalog_entries WHERE guild_id = ? ORDER BY added_at, name", (guild_id,)
+        )
+        found_loras: list[LoraEntry] = []
+        found_styles: list[StyleEntry] = []
+        for kind, name, data in rows:
+            try:
+                if kind == "lora":
+                    found_loras.append(LoraEntry.model_validate_json(data))
+                else:
+                    found_styles.append(StyleEntry.model_validate_json(data))
+            except pydantic.ValidationError:
+                log.error("guild=%s catalog %s %s cannot be read; left out", guild_id, kind, name)
+        return found_loras, found_styles
+
+    async def add_catalog_entry(self, guild_id: int, kind: str, name: str, data: str, *, by: int) -> bool:
+        """Store an entry the caller checked; False (and nothing written) when the guild has one of that name."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "INSERT INTO catalog_entries (guild_id, kind, name, data, added_by, added_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (guild_id, kind, name) DO NOTHING",
+                (guild_id, kind, name, data, by, _ts(self._clock())),
+            )
+            if cursor.rowcount != 1:
+                return False
+            await self._log(db, guild_id, by, f"{kind} add", name)
+            return True
+
+    async def remove_catalog_entry(self, guild_id: int, kind: str, name: str, *, by: int) -> bool:
+        """Delete an entry; False when the guild has none of that name."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM catalog_entries WHERE guild_id = ? AND kind = ? AND name = ?", (guild_id, kind, name)
+            )
+            if cursor.rowcount != 1:
+                return False
+            await self._log(db, guild_id, by, f"{kind} remove", name)
+            return True

@@ -82,6 +82,18 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     -- compare-and-set saves: a writer that read version n may only write over version n
     ALTER TABLE jobs ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    -- LoRAs and styles a server's admins added (SPEC 9); the owner's live in the config
+    CREATE TABLE catalog_entries (
+        guild_id INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('lora', 'style')),
+        name TEXT NOT NULL,
+        data TEXT NOT NULL CHECK (json_valid(data)),  -- the LoraEntry or StyleEntry
+        added_by INTEGER NOT NULL,
+        added_at TEXT NOT NULL,
+        PRIMARY KEY (guild_id, kind, name)
+    );
+    """,
 )
 
 JOB_COLUMNS = (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import discord
 from discord import app_commands
@@ -13,6 +13,8 @@ from pydantic import SecretStr
 from bot.app import FluxpaintBot
 from bot.models import InpaintOptions, MaskRegion, Origin, Upload
 from bot.service import JobService
+
+MAX_PAGES = 10  # /loras answers with at most this many ephemeral messages; the option's search finds the rest
 
 
 def _origin(interaction: discord.Interaction, message_id: int | None, token_ttl_s: float) -> Origin:
@@ -42,6 +44,14 @@ def _upload(attachment: discord.Attachment) -> Upload:
     )
 
 
+def _given(interaction: discord.Interaction) -> frozenset[str]:
+    """The options the member typed (discord.py fills in the defaults of the others): a style's defaults fill only
+    what the member left out."""
+    data: dict[str, Any] = dict(interaction.data or {})
+    options: list[Any] = list(data.get("options") or [])
+    return frozenset(str(o["name"]) for o in options if isinstance(o, dict) and "name" in o)
+
+
 class Inpaint(commands.Cog):
     def __init__(self, service: JobService) -> None:
         self.service = service
@@ -63,6 +73,11 @@ class Inpaint(commands.Cog):
         region="Or repaint a part of the image",
         mask_grow="Grow the mask by this many pixels (default 0)",
         mask_feather="Soften the edge where the result meets your photo, in pixels (default 8)",
+        style="A preset of this server: prompt, LoRAs and settings (see /loras)",
+        lora="A LoRA to paint with (see /loras)",
+        lora_scale="How strongly the LoRA applies, 0 to 4 (default: the LoRA's own)",
+        lora2="A second LoRA",
+        lora2_scale="How strongly the second LoRA applies, 0 to 4",
     )
     @app_commands.guild_only()
     async def inpaint(
@@ -83,22 +98,35 @@ class Inpaint(commands.Cog):
         region: MaskRegion | None = None,
         mask_grow: app_commands.Range[int, 0, 128] = 0,
         mask_feather: app_commands.Range[int, 0, 64] = 8,
+        style: app_commands.Range[str, 1, 100] | None = None,
+        lora: app_commands.Range[str, 1, 500] | None = None,
+        lora_scale: app_commands.Range[float, 0.0, 4.0] | None = None,
+        lora2: app_commands.Range[str, 1, 500] | None = None,
+        lora2_scale: app_commands.Range[float, 0.0, 4.0] | None = None,
     ) -> None:
-        options = InpaintOptions(
-            prompt=prompt,
-            strength=strength,
-            num_images=num_images,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            seed=seed,
-            output_format=output_format,
-            invert_mask=invert_mask,
-            mask_prompt=mask_prompt,
-            box=box,
-            region=region,
-            mask_grow=mask_grow,
-            mask_feather=mask_feather,
-        )
+        chosen = {
+            "prompt": prompt,
+            "strength": strength,
+            "num_images": num_images,
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "seed": seed,
+            "output_format": output_format,
+            "invert_mask": invert_mask,
+            "mask_prompt": mask_prompt,
+            "box": box,
+            "region": region,
+            "mask_grow": mask_grow,
+            "mask_feather": mask_feather,
+            "style": style,
+            "lora": lora,
+            "lora_scale": lora_scale,
+            "lora2": lora2,
+            "lora2_scale": lora2_scale,
+        }
+        given = _given(interaction) | {"prompt"}
+        # only what the member typed is "set", so that a style's defaults fill the rest (model_fields_set)
+        options = InpaintOptions(**{name: value for name, value in chosen.items() if name in given})
         ttl_s = self.service.settings.ui.token_ttl_s
         # Refusals that need no download are answered privately (the tree's on_error), before anything is public.
         await self.service.check(options, _origin(interaction, None, ttl_s), mask_file=mask is not None)
@@ -108,6 +136,34 @@ class Inpaint(commands.Cog):
             message_id = (await interaction.original_response()).id
         origin = _origin(interaction, message_id, ttl_s)
         await self.service.accept(options, origin, _upload(image), _upload(mask) if mask else None)
+
+    @inpaint.autocomplete("style")
+    async def _styles(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return await self._suggest(interaction, current, "style")
+
+    @inpaint.autocomplete("lora")
+    @inpaint.autocomplete("lora2")
+    async def _loras(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return await self._suggest(interaction, current, "lora")
+
+    async def _suggest(
+        self, interaction: discord.Interaction, current: str, kind: Literal["lora", "style"]
+    ) -> list[app_commands.Choice[str]]:
+        found = await self.service.library.suggest(interaction.guild_id, current, kind)
+        return [app_commands.Choice(name=choice.name, value=choice.value) for choice in found]
+
+    @app_commands.command(name="loras", description="The styles and LoRAs you can use in this server")
+    @app_commands.guild_only()
+    async def list_loras(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        pages = await self.service.library.pages(interaction.guild_id)
+        for page in pages[:MAX_PAGES]:
+            await interaction.followup.send(page, ephemeral=True)
+        if len(pages) > MAX_PAGES:
+            await interaction.followup.send(
+                f"…and {len(pages) - MAX_PAGES} more pages: type a few letters in `/inpaint lora` to search them all.",
+                ephemeral=True,
+            )
 
 
 async def setup(bot: FluxpaintBot) -> None:

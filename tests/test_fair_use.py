@@ -37,7 +37,7 @@ async def test_admin_commands_are_registered_for_manage_server(make_rig: MakeRig
     assert group["default_member_permissions"] == str(1 << 5)  # MANAGE_GUILD
     assert group["contexts"] == [0] and group["dm_permission"] is False
     subs = {o["name"] for o in group["options"]}
-    assert subs == {"usage", "budget", "pause", "resume", "ban", "unban", "limits"}
+    assert subs == {"usage", "budget", "pause", "resume", "ban", "unban", "limits", "lora", "style"}
     with pytest.raises(InvocationError, match="default_member_permissions"):
         await rig.discord.slash("fluxpaint pause", user="alice")
 
