@@ -10,8 +10,22 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
-from bench import after_edit, burst, composite, delivery, edits, first_response, flood, memory, status_calls, uploads
+from bench import (
+    after_edit,
+    autocomplete,
+    burst,
+    composite,
+    delivery,
+    edits,
+    first_response,
+    flood,
+    memory,
+    status_calls,
+    uploads,
+)
 from bench.rig import FAL_CLIENT_BASELINE, MINIMAL_BASELINE, Figure, report
+
+NO_BASELINE = "baseline (none)"
 
 
 class Bench(NamedTuple):
@@ -31,6 +45,7 @@ BENCHES: dict[str, Bench] = {
     "flood": Bench("1,000 jobs waiting at fal", flood.run, MINIMAL_BASELINE),
     "burst": Bench("200 commands in one burst by three members", burst.run, MINIMAL_BASELINE),
     "composite": Bench("Crop and composite of a 12 MP photo", composite.run, composite.BASELINE),
+    "autocomplete": Bench("LoRA autocomplete over 500 catalog entries", autocomplete.run, NO_BASELINE),
 }
 
 

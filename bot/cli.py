@@ -22,8 +22,8 @@ from bot.errors import UserFacingError
 from bot.fal import FalQueueClient
 from bot.logs import setup_logging
 from bot.looplag import LoopLagProbe
+from bot.loras import LoraError
 from bot.masks import MaskError, MaskSource
-from bot.models import InpaintOptions
 from bot.pacing import RequestBudget, budget_trace
 
 if TYPE_CHECKING:
@@ -118,13 +118,13 @@ async def run_bot(settings: Settings) -> int:
 async def inpaint(
     settings: Settings,
     args: argparse.Namespace,
-    options: InpaintOptions,
+    chosen: cli_inpaint.Chosen,
     source: MaskSource,
     image: bytes,
     mask: bytes | None,
 ) -> int:
     async with session(settings) as http:
-        return await cli_inpaint.inpaint_once(settings, http, args, options, source, image, mask)
+        return await cli_inpaint.inpaint_once(settings, http, args, chosen, source, image, mask)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -155,14 +155,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "inpaint":
         try:
             options, source = cli_inpaint.read_options(args)
+            chosen = cli_inpaint.choose_loras(settings, args, options)  # before any file is read or sent
         except (ValueError, MaskError) as exc:
             print(f"fluxpaint: {exc}", file=sys.stderr)
+            return 2
+        except LoraError as exc:
+            print(f"fluxpaint: {exc.message}", file=sys.stderr)
             return 2
         try:
             image = Path(args.image).read_bytes()
             mask = Path(args.mask).read_bytes() if args.mask else None
             Path(args.out).mkdir(parents=True, exist_ok=True)
-            return asyncio.run(inpaint(settings, args, options, source, image, mask))
+            return asyncio.run(inpaint(settings, args, chosen, source, image, mask))
         except UserFacingError as exc:
             print(f"\nfluxpaint: {exc.message}", file=sys.stderr)
             return 1

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
@@ -16,14 +18,17 @@ from bot import images, masks
 from bot.config import Settings
 from bot.downloads import fetch
 from bot.fal import FalQueueClient
-from bot.fal_models import FalHandle, FalJobError, SegmentInput, SegmentOutput, fal_input
+from bot.fal_models import FalHandle, FalJobError, LoraWeight, SegmentInput, SegmentOutput, fal_input
 from bot.intake import estimate_cost
+from bot.loras import STYLE_DEFAULTS, Catalog, LoraError, resolve
 from bot.models import InpaintOptions, MaskRegion
 from bot.progress import usd
 
 log = logging.getLogger(__name__)
 
 SEGMENT_INPUT_NAME = "segment-input.jpg"
+# a LoRA's scale is split off only from a trailing ":<number>": a link holds ':' of its own (https://, a port)
+LORA_SPEC = re.compile(r"^(?P<lora>.+?):(?P<scale>\d+(?:\.\d*)?|\.\d+)$")
 
 
 def add_arguments(job: argparse.ArgumentParser) -> None:
@@ -35,10 +40,23 @@ def add_arguments(job: argparse.ArgumentParser) -> None:
     sources.add_argument("--region", choices=get_args(MaskRegion))
     job.add_argument("--prompt", required=True)
     job.add_argument("--out", required=True, help="folder for the results")
-    job.add_argument("--strength", type=float, default=0.85)
+    # no argparse defaults for the three a style may set: what the user typed must be told from what was left out
+    job.add_argument("--strength", type=float, help="0.01 to 1 (default 0.85, or the style's)")
     job.add_argument("--num-images", "--num_images", dest="num_images", type=int, default=1, choices=range(1, 5))
-    job.add_argument("--num-inference-steps", "--num_inference_steps", dest="num_inference_steps", type=int, default=28)
-    job.add_argument("--guidance-scale", "--guidance_scale", dest="guidance_scale", type=float, default=3.5)
+    job.add_argument(
+        "--num-inference-steps",
+        "--num_inference_steps",
+        dest="num_inference_steps",
+        type=int,
+        help="1 to 50 (default 28, or the style's)",
+    )
+    job.add_argument(
+        "--guidance-scale",
+        "--guidance_scale",
+        dest="guidance_scale",
+        type=float,
+        help="0 to 35 (default 3.5, or the style's)",
+    )
     job.add_argument("--seed", type=int)
     job.add_argument(
         "--output-format", "--output_format", dest="output_format", choices=("jpeg", "png"), default="jpeg"
@@ -48,6 +66,16 @@ def add_arguments(job: argparse.ArgumentParser) -> None:
     job.add_argument(
         "--mask-feather", "--mask_feather", dest="mask_feather", type=int, default=8, help="px, 0 to 64 (default 8)"
     )
+    catalog = job.add_argument_group("LoRAs and styles (the config's [[loras]] and [[styles]])")
+    catalog.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME_OR_URL[:SCALE]",
+        help="a [[loras]] name, or an https link if catalog.allow_urls; repeat for more, in order (scale 0 to 4, "
+        "default the entry's own); a style's LoRAs come first, limits.max_loras caps the total",
+    )
+    catalog.add_argument("--style", help="a [[styles]] name: its prompt template, LoRAs and defaults")
 
 
 def read_options(args: argparse.Namespace) -> tuple[InpaintOptions, masks.MaskSource]:
@@ -63,13 +91,16 @@ def read_options(args: argparse.Namespace) -> tuple[InpaintOptions, masks.MaskSo
         raise ValueError("--prompt is empty; describe what should appear in the masked area")
     if args.mask_prompt is not None and not args.mask_prompt.strip():
         raise ValueError('--mask-prompt is empty; say what to repaint, like "the sky"')
+    typed = {field: getattr(args, field) for field in STYLE_DEFAULTS if getattr(args, field) is not None}
+    first_two = dict(zip(("lora", "lora2"), (split_lora(spec) for spec in args.lora), strict=False))
     try:
         options = InpaintOptions(
             prompt=args.prompt.strip(),
-            strength=args.strength,
+            **typed,
+            **{f"{option}_scale": scale for option, (_, scale) in first_two.items()},
+            **{option: lora for option, (lora, _) in first_two.items()},
+            style=args.style,
             num_images=args.num_images,
-            num_inference_steps=args.num_inference_steps,
-            guidance_scale=args.guidance_scale,
             seed=args.seed,
             output_format=args.output_format,
             invert_mask=args.invert_mask,
@@ -85,6 +116,115 @@ def read_options(args: argparse.Namespace) -> tuple[InpaintOptions, masks.MaskSo
     return options, masks.mask_source(options, has_file=args.mask is not None)
 
 
+def split_lora(spec: str) -> tuple[str, float | None]:
+    """``NAME_OR_URL[:SCALE]`` as (name or link, scale or None); the scale only from a trailing ``:<number>``.
+
+    Raises:
+        ValueError: no name, or a scale outside 0 to 4.
+    """
+    found = LORA_SPEC.match(spec.strip())
+    lora, scale = (found["lora"].strip(), float(found["scale"])) if found else (spec.strip(), None)
+    if not lora:
+        raise ValueError(f"--lora {spec!r}: give a [[loras]] name (or a link), like pixel-art:0.8")
+    if scale is not None and not 0 <= scale <= 4:
+        raise ValueError(f"--lora {spec!r}: the scale must be 0 to 4")
+    return lora, scale
+
+
+@dataclass(frozen=True, slots=True)
+class Chosen:
+    """The job as fal receives it: the options with the style's defaults, its prompt, LoRAs and their names."""
+
+    options: InpaintOptions
+    prompt: str
+    loras: list[LoraWeight]
+    style: str | None
+    described: list[str]  # "pixel-art × 0.8"
+
+
+def choose_loras(settings: Settings, args: argparse.Namespace, options: InpaintOptions) -> Chosen:
+    """The style and every ``--lora`` applied with the rules of ``/inpaint`` (bot.loras.resolve): names from the
+    config, links only when ``catalog.allow_urls``, each LoRA once, at most ``limits.max_loras``. ``resolve`` takes
+    two LoRAs; each further one is resolved alone against the prompt so far and checked here for the rest.
+
+    Raises:
+        LoraError: an unknown name or style, a link not allowed, a LoRA twice, too many, a prompt grown too long.
+    """
+    catalog = Catalog(settings.loras, settings.styles)
+    given = frozenset(field for field in STYLE_DEFAULTS if getattr(args, field) is not None)
+    max_loras = settings.limits.max_loras
+    try:
+        first = resolve(options, catalog, given=given, catalog_settings=settings.catalog, max_loras=max_loras)
+    except LoraError as exc:
+        raise LoraError(_flagged(exc.message, {"lora2: ": 2, "lora: ": 1})) from None
+    style = catalog.style(first.style) if first.style else None
+    text = style.prompt.replace("{prompt}", options.prompt) if style else options.prompt
+    words, prompt = first.prompt.removesuffix(text), first.prompt  # the trigger words in front, each ", "-ended
+    picks = [_Pick(_label(shown), weight) for shown, weight in zip(first.described, first.loras, strict=True)]
+    # a style's LoRA named again takes the new scale in its place, once: as resolve does for lora and lora2
+    retunable = {pick.weight.path for pick in picks[: len(style.loras) if style else 0]}
+    retunable -= {_path(catalog, lora) for lora in (options.lora, options.lora2) if lora}
+    for n, spec in enumerate(args.lora[2:], start=3):
+        lora, scale = split_lora(spec)
+        alone = options.model_copy(
+            update={
+                "prompt": prompt,
+                "style": None,
+                "lora": lora,
+                "lora_scale": scale,
+                "lora2": None,
+                "lora2_scale": None,
+            }
+        )
+        try:
+            one = resolve(alone, catalog, given=given, catalog_settings=settings.catalog, max_loras=1)
+        except LoraError as exc:
+            raise LoraError(_flagged(exc.message, {"lora: ": n})) from None
+        (weight,) = one.loras
+        earlier = next((pick for pick in picks if pick.weight.path == weight.path), None)
+        if earlier is not None and weight.path in retunable:
+            retunable.discard(weight.path)
+            earlier.weight = weight if scale is not None else earlier.weight
+            continue
+        if earlier is not None:
+            raise LoraError(f"--lora #{n}: {earlier.label} is already used; give each LoRA once, with its scale.")
+        picks.append(_Pick(_label(one.described[0]), weight))
+        if len(picks) > max_loras:
+            raise LoraError(f"This job would use {len(picks)} LoRAs or more; at most {max_loras} are allowed.")
+        words += one.prompt.removesuffix(prompt)
+        prompt = one.prompt
+    return Chosen(
+        options=first.options,
+        prompt=words + text,
+        loras=[pick.weight for pick in picks],
+        style=first.style,
+        described=[f"{pick.label} × {pick.weight.scale:g}" for pick in picks],
+    )
+
+
+@dataclass(slots=True)
+class _Pick:
+    label: str
+    weight: LoraWeight
+
+
+def _label(described: str) -> str:
+    return described.rsplit(" × ", 1)[0]
+
+
+def _path(catalog: Catalog, lora: str) -> str:
+    entry = catalog.lora(lora)
+    return entry.path if entry else lora.strip()
+
+
+def _flagged(message: str, options: dict[str, int]) -> str:
+    """resolve's message for ``lora``/``lora2`` as the CLI's: "--lora #2: ..."."""
+    for prefix, n in options.items():
+        if message.startswith(prefix):
+            return f"--lora #{n}: {message.removeprefix(prefix)}"
+    return message
+
+
 def _progress(text: str) -> None:
     sys.stderr.write(f"\r\x1b[2K{text}")
     sys.stderr.flush()
@@ -98,7 +238,7 @@ async def inpaint_once(
     settings: Settings,
     http: aiohttp.ClientSession,
     args: argparse.Namespace,
-    options: InpaintOptions,
+    chosen: Chosen,
     source: masks.MaskSource,
     image: bytes,
     mask: bytes | None,
@@ -110,6 +250,7 @@ async def inpaint_once(
         UserFacingError: an input that cannot be used, words that matched nothing, or fal's failures.
     """
     limits = settings.limits
+    options = chosen.options
     fal = FalQueueClient(http, settings.fal)
     searched = 0.0
     if source.kind == "words":
@@ -139,7 +280,13 @@ async def inpaint_once(
     _note(f"estimated cost: {usd(cost + searched)}{found}")
     image_url = await _input_url(settings, fal, prepared.image, prepared.image_mime, "input")
     mask_url = await _input_url(settings, fal, prepared.mask, "image/png", "mask.png")
-    handle, _ = await fal.submit(fal_input(options, image_url, mask_url))
+    if chosen.style:
+        _note(f"style: {chosen.style}")
+    for described in chosen.described:
+        _note(f"lora: {described}")
+    if chosen.style or chosen.loras:
+        _note(f"prompt sent to fal: {chosen.prompt}")
+    handle, _ = await fal.submit(fal_input(options, image_url, mask_url, prompt=chosen.prompt, loras=chosen.loras))
     _note(f"request id: {handle.request_id}")
     await _follow(fal, handle, working="generating…")
     output = await fal.result(handle)

@@ -17,7 +17,11 @@ from tests.rig import FIXTURES
 REPO = Path(__file__).resolve().parents[1]
 
 
-async def fluxpaint_inpaint(fal: FakeFal, tmp_path: Path, *args: str) -> tuple[int, str, str]:
+async def fluxpaint_inpaint(fal: FakeFal, tmp_path: Path, *args: str, config: str = "") -> tuple[int, str, str]:
+    """``python -m bot inpaint`` with these arguments; ``config`` is the TOML file's text (none: no file)."""
+    path = tmp_path / ("fluxpaint.toml" if config else "none.toml")
+    if config:
+        path.write_text(config)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLUXPAINT_", "DISCORD_", "FAL_"))}
     env |= {
         "FAL_KEY": fal.key,
@@ -27,7 +31,7 @@ async def fluxpaint_inpaint(fal: FakeFal, tmp_path: Path, *args: str) -> tuple[i
         "PYTHONPATH": str(REPO),
     }
     proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "bot", "--config", str(tmp_path / "none.toml"), "inpaint", *args),
+        *(sys.executable, "-m", "bot", "--config", str(path), "inpaint", *args),
         cwd=tmp_path,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -173,3 +177,141 @@ async def test_failed_segmentation_sends_no_inpainting(aiohttp_server: Any, tmp_
     code, _, err = await fluxpaint_inpaint(fal, tmp_path, *photo_args(tmp_path, "--mask-prompt", "the cup"))
     assert code == 1 and "fal could not find the mask" in err
     assert submitted_to(fal) == ["/fal-ai/evf-sam"] and "Traceback" not in err
+
+
+HF = "https://huggingface.co/someone/loras/resolve/main"
+CATALOG = f"""
+[catalog]
+allow_urls = {{allow_urls}}
+
+[limits]
+max_loras = {{max_loras}}
+
+[[loras]]
+name = "pixel-art"
+path = "{HF}/pixel-art.safetensors"
+trigger_words = ["pixel art"]
+description = "8-bit pixel art"
+
+[[loras]]
+name = "watercolor"
+path = "{HF}/watercolor.safetensors"
+scale = 0.7
+trigger_words = ["watercolor"]
+
+[[loras]]
+name = "film-grain"
+path = "{HF}/film-grain.safetensors"
+
+[[loras]]
+name = "bokeh"
+path = "{HF}/bokeh.safetensors"
+trigger_words = ["bokeh"]
+
+[[styles]]
+name = "retro-game"
+prompt = "{{{{prompt}}}}, retro video game screenshot"
+loras = [{{{{ name = "pixel-art", scale = 0.8 }}}}]
+strength = 0.9
+num_inference_steps = 30
+"""
+
+
+def catalog(*, allow_urls: bool = False, max_loras: int = 4) -> str:
+    return CATALOG.format(allow_urls=str(allow_urls).lower(), max_loras=max_loras)
+
+
+async def test_loras_are_sent_in_order_with_their_scales(aiohttp_server: Any, tmp_path: Path) -> None:
+    fal = await start_fake_fal(aiohttp_server)
+    loras = ("--lora", "watercolor", "--lora", "pixel-art:1.5", "--lora", "film-grain:0.25", "--lora", "bokeh")
+    code, _, err = await fluxpaint_inpaint(fal, tmp_path, *coffee_args(tmp_path), *loras, config=catalog())
+    assert code == 0, err
+    (submitted,) = fal.submits
+    assert submitted["loras"] == [
+        {"path": f"{HF}/watercolor.safetensors", "scale": 0.7},
+        {"path": f"{HF}/pixel-art.safetensors", "scale": 1.5},
+        {"path": f"{HF}/film-grain.safetensors", "scale": 0.25},
+        {"path": f"{HF}/bokeh.safetensors", "scale": 1.0},
+    ]
+    # each trigger word once, in the LoRAs' order, in front of the prompt; what fal received is what is printed
+    assert submitted["prompt"] == "watercolor, pixel art, bokeh, latte art shaped like a fox"
+    assert "prompt sent to fal: watercolor, pixel art, bokeh, latte art shaped like a fox" in err
+    for line in ("lora: watercolor × 0.7", "lora: pixel-art × 1.5", "lora: film-grain × 0.25", "lora: bokeh × 1"):
+        assert line in err
+
+
+async def test_no_lora_sends_none(aiohttp_server: Any, tmp_path: Path) -> None:
+    fal = await start_fake_fal(aiohttp_server)
+    code, _, err = await fluxpaint_inpaint(fal, tmp_path, *coffee_args(tmp_path), config=catalog())
+    assert code == 0, err
+    (submitted,) = fal.submits
+    assert submitted.get("loras", []) == [] and submitted["prompt"] == "latte art shaped like a fox"
+    assert "lora:" not in err and "prompt sent to fal" not in err
+
+
+async def test_unusable_loras_are_refused_before_fal(aiohttp_server: Any, tmp_path: Path) -> None:
+    fal = await start_fake_fal(aiohttp_server)
+    link = f"{HF}/other.safetensors"
+    refused = {
+        ("--lora", "pixel-art", "--lora", "cyberpunk"): "--lora #2: `cyberpunk` is not a LoRA here",
+        ("--lora", "bokeh", "--lora", "watercolor", "--lora", "no-such-lora:0.5"): (
+            "--lora #3: `no-such-lora` is not a LoRA here"
+        ),
+        ("--lora", "pixel-art", "--lora", "pixel-art:0.5"): "lora and lora2 name `pixel-art` twice",
+        ("--lora", "bokeh", "--lora", "watercolor", "--lora", "bokeh:2"): "--lora #3: bokeh is already used",
+        ("--lora", f"{link}:0.5"): "--lora #1: LoRAs are chosen by name here, not by link",
+        ("--lora", "pixel-art:5"): "the scale must be 0 to 4",
+        ("--style", "vaporwave"): "`vaporwave` is not a style here",
+    }
+    for flags, message in refused.items():
+        code, _, err = await fluxpaint_inpaint(fal, tmp_path, *coffee_args(tmp_path), *flags, config=catalog())
+        assert code == 2 and message in err, (flags, err)
+        assert "Traceback" not in err
+    # the style's LoRA counts: pixel-art, then three more, with limits.max_loras = 3
+    too_many = ("--style", "retro-game", "--lora", "bokeh", "--lora", "watercolor", "--lora", "film-grain")
+    code, _, err = await fluxpaint_inpaint(
+        fal, tmp_path, *coffee_args(tmp_path), *too_many, config=catalog(max_loras=3)
+    )
+    assert code == 2 and "at most 3 are allowed" in err
+    assert fal.requests == []
+
+
+async def test_a_link_with_a_scale_when_the_owner_allows_links(aiohttp_server: Any, tmp_path: Path) -> None:
+    fal = await start_fake_fal(aiohttp_server)
+    link = "https://v3.fal.media/files/rabbit/abc123_pytorch_lora_weights.safetensors"
+    flags = ("--lora", f"{link}:0.6", "--lora", link.replace("abc123", "def456"))
+    code, _, err = await fluxpaint_inpaint(
+        fal, tmp_path, *coffee_args(tmp_path), *flags, config=catalog(allow_urls=True)
+    )
+    assert code == 0, err
+    (submitted,) = fal.submits
+    assert submitted["loras"] == [{"path": link, "scale": 0.6}, {"path": link.replace("abc123", "def456"), "scale": 1}]
+
+
+async def test_a_style_brings_its_template_loras_and_defaults(aiohttp_server: Any, tmp_path: Path) -> None:
+    fal = await start_fake_fal(aiohttp_server)
+    flags = ("--style", "retro-game", "--lora", "watercolor:0.5", "--num-inference-steps", "12")
+    code, _, err = await fluxpaint_inpaint(fal, tmp_path, *coffee_args(tmp_path), *flags, config=catalog())
+    assert code == 0, err
+    (submitted,) = fal.submits
+    assert submitted["prompt"] == "pixel art, watercolor, latte art shaped like a fox, retro video game screenshot"
+    assert submitted["loras"] == [
+        {"path": f"{HF}/pixel-art.safetensors", "scale": 0.8},  # the style's LoRAs come first
+        {"path": f"{HF}/watercolor.safetensors", "scale": 0.5},
+    ]
+    # the style's default fills what was left out; what was typed wins
+    assert submitted["strength"] == 0.9 and submitted["num_inference_steps"] == 12
+    assert "style: retro-game" in err and "lora: pixel-art × 0.8" in err and "lora: watercolor × 0.5" in err
+
+
+async def test_a_third_lora_retunes_the_styles_lora_in_its_place(aiohttp_server: Any, tmp_path: Path) -> None:
+    fal = await start_fake_fal(aiohttp_server)
+    flags = ("--style", "retro-game", "--lora", "bokeh", "--lora", "watercolor", "--lora", "pixel-art:2")
+    code, _, err = await fluxpaint_inpaint(fal, tmp_path, *coffee_args(tmp_path), *flags, config=catalog())
+    assert code == 0, err
+    (submitted,) = fal.submits
+    assert [(lora["path"].rsplit("/", 1)[1], lora["scale"]) for lora in submitted["loras"]] == [
+        ("pixel-art.safetensors", 2),
+        ("bokeh.safetensors", 1),
+        ("watercolor.safetensors", 0.7),
+    ]
