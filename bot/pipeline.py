@@ -8,6 +8,7 @@ import contextlib
 import functools
 import itertools
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from bot.errors import RefusedError, UserFacingError, user_message
@@ -15,6 +16,7 @@ from bot.fal_models import (
     FalError,
     FalHandle,
     FalJobError,
+    InpaintInput,
     QueueStatus,
     SegmentInput,
     SegmentOutput,
@@ -142,18 +144,10 @@ class JobPipeline(JobSteps):
             return job  # still waiting; the line leaves it out until the hold ends
         if job.crop is None and job.options.mask_prompt is not None:
             return await self._submit_segmentation(job)
-        try:
-            payload = await self._payload(job)
-            job = await self._save(job, JobState.SUBMITTING)  # from here on, a crash means "maybe paid"
-            await self._show(job)
-            handle, status = await self.fal.submit(payload)
-        except StaleJobError:
-            raise
-        except Exception as exc:
-            action = decide(Step.SUBMIT, exc)
-            if action is Action.REQUEUE:
-                return await self._requeue(job, exc)
-            raise StopJob(action, exc) from exc
+        job, sent = await self._send_once(job, JobState.SUBMITTING, functools.partial(self._payload, job))
+        if sent is None:
+            return job  # back in line: fal did not take it
+        handle, status = sent
         job.request_id = handle.request_id
         job.status_url, job.response_url, job.cancel_url = handle.status_url, handle.response_url, handle.cancel_url
         job.queue_position = status.queue_position
@@ -177,18 +171,12 @@ class JobPipeline(JobSteps):
     # 2a. a mask from words: fal's segmentation model first, submitted once like the inpainting (SPEC 11)
 
     async def _submit_segmentation(self, job: Job) -> Job:
-        try:
-            payload = SegmentInput(prompt=job.options.mask_prompt or "", image_url=await self._segment_image(job))
-            job = await self._save(job, JobState.SEGMENTING)  # from here on, a crash means "maybe paid"
-            await self._show(job)
-            handle, _ = await self.fal.submit(payload, endpoint=self.settings.masks.segment_endpoint)
-        except StaleJobError:
-            raise
-        except Exception as exc:
-            action = decide(Step.SUBMIT, exc)
-            if action is Action.REQUEUE:
-                return await self._requeue(job, exc)
-            raise StopJob(action, exc) from exc
+        job, sent = await self._send_once(
+            job, JobState.SEGMENTING, functools.partial(self._segment_input, job), self.settings.masks.segment_endpoint
+        )
+        if sent is None:
+            return job  # back in line: fal did not take it
+        handle, _ = sent
         job.segment_request_id = handle.request_id
         log.info("job=%s segmentation submitted request=%s", job.id, handle.request_id)
         return await self._save(job)
@@ -244,6 +232,31 @@ class JobPipeline(JobSteps):
         except FalJobError as exc:
             raise FalJobError(f"fal could not find the mask: {exc.message}") from exc
         raise FalJobError("fal stopped reporting on the mask search before it finished.")
+
+    async def _segment_input(self, job: Job) -> SegmentInput:
+        return SegmentInput(prompt=job.options.mask_prompt or "", image_url=await self._segment_image(job))
+
+    async def _send_once(
+        self,
+        job: Job,
+        state: JobState,
+        payload: Callable[[], Awaitable[InpaintInput | SegmentInput]],
+        endpoint: str | None = None,
+    ) -> tuple[Job, tuple[FalHandle, QueueStatus] | None]:
+        """Save ``state`` (from here on a crash means "maybe paid", so it is never sent again), show it and send the
+        payload once; no answer when fal did not take it, and the job is back in line."""
+        try:
+            body = await payload()
+            job = await self._save(job, state)
+            await self._show(job)
+            return job, await self.fal.submit(body, endpoint=endpoint)
+        except StaleJobError:
+            raise
+        except Exception as exc:
+            action = decide(Step.SUBMIT, exc)
+            if action is Action.REQUEUE:
+                return await self._requeue(job, exc), None
+            raise StopJob(action, exc) from exc
 
     async def _requeue(self, job: Job, exc: BaseException) -> Job:
         """fal did not take the job (nothing was sent): back in line for a later try, within the job's deadline."""

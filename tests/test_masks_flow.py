@@ -20,6 +20,7 @@ from tests.e2e.harness import poll_until
 from tests.fakes.discord import FakeInteraction
 from tests.fakes.fal import SEGMENT_ENDPOINT
 from tests.rig import BotRig, fixture, visible_text
+from tests.test_flow import answer_to
 
 COFFEE, COFFEE_MASK = fixture("coffee.png"), fixture("coffee_mask.png")
 INPAINT_ENDPOINT = "fal-ai/flux-lora/inpainting"
@@ -115,16 +116,7 @@ async def private_refusal(rig: BotRig, interaction: FakeInteraction) -> str:
 
 
 async def usage(rig: BotRig, user: str = "alice") -> str:
-    asked = await rig.discord.slash("usage", user=user)
-
-    def answered() -> bool:
-        original = asked.original()
-        return original is not None and not original.loading
-
-    await rig.discord.wait_for(answered)
-    original = asked.original()
-    assert original is not None and original.ephemeral
-    return str(original.content)
+    return str(await answer_to(rig, await rig.discord.slash("usage", user=user)))
 
 
 async def watched(rig: BotRig, endpoint: str) -> str:
