@@ -35,26 +35,9 @@ def _loras_toml(entries: list[dict[str, Any]]) -> str:
 
 
 async def _admin_lora_add(bench: Rig, entry: dict[str, Any]) -> FakeInteraction:
-    """``/fluxpaint lora add`` as the server's admin (Manage Server). The fake's ``slash`` knows one level of
-    subcommands, so the group is nested here as Discord sends it."""
-    fake = bench.discord
-    command, guild_scoped = fake._find_command("fluxpaint")
-    assert command is not None, "/fluxpaint is not synced"
-    (group,) = [o for o in command["options"] if o["type"] == 2 and o["name"] == "lora"]
-    (sub,) = [o for o in group["options"] if o["type"] == 1 and o["name"] == "add"]
+    """``/fluxpaint lora add`` as the server's admin (Manage Server)."""
     options = {**entry, "trigger_words": ", ".join(entry["trigger_words"])}
-    opts, _ = fake._typed_options(sub, options)
-    channel_id = fake.channel_id("general")
-    fake._check_invocation(command, sub.get("options", []), opts, "admin", channel_id)
-    data: dict[str, Any] = {
-        "id": command["id"],
-        "name": "fluxpaint",
-        "type": 1,
-        "options": [{"name": "lora", "type": 2, "options": [{"name": "add", "type": 1, "options": opts}]}],
-    }
-    if guild_scoped:
-        data["guild_id"] = str(fake.guild_id)
-    return await fake._interact(2, "admin", channel_id, data)
+    return await bench.discord.slash("fluxpaint lora add", user="admin", options=options)
 
 
 async def _ask(bench: Rig, typed: str) -> FakeInteraction:

@@ -40,7 +40,11 @@ class JobCanceller:
         if job.state.finished:
             return CancelResult(f"This job has already ended ({job.state.value}).", cancelled=False)
         if job.state is JobState.WAITING:
-            note = "Cancelled before it reached fal; nothing was charged."
+            note = (
+                "Cancelled before the inpainting reached fal; only the mask search was charged."
+                if job.segment_request_id is not None
+                else "Cancelled before it reached fal; nothing was charged."
+            )
             try:  # wins only over the version read: a runner that saved "submitting" first wins instead
                 await self.pipeline.end_cancelled(job, user_id, note)
             except StaleJobError:
@@ -96,7 +100,8 @@ class JobCanceller:
         return CancelResult(note, cancelled=True)
 
     async def drop_waiting(self, guild_id: int, user_id: int) -> None:
-        """A member was banned: their jobs that fal does not have yet are cancelled, free of charge."""
+        """A member was banned: their jobs that fal does not have yet are cancelled (only a mask search already done
+        is charged)."""
         for job in await self.store.list_unfinished():
             if job.origin.guild_id == guild_id and job.origin.user_id == user_id and job.state is JobState.WAITING:
                 try:

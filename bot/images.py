@@ -84,6 +84,11 @@ def _encode(im: Image.Image, output_format: OutputFormat, *, quality: int = 92) 
     return out.getvalue()
 
 
+def _accepted(limits: LimitSettings) -> LimitSettings:
+    """The limits for a photo accepted already: an admin who lowers a limit later must not fail a paid job."""
+    return limits.model_copy(update={"max_input_bytes": 2**62, "max_decode_pixels": 2**62})
+
+
 def _member_image(image: bytes, limits: LimitSettings) -> tuple[Decoded, Image.Image, Image.Image | None]:
     """The member's image decoded as prepare and finish_output both read it: RGB, oriented, and its alpha.
 
@@ -158,8 +163,10 @@ def prepare(
     source: masks.MaskSource | None = None,
     grow_px: int = 0,
     feather_px: int = 0,
+    accepted: bool = False,
 ) -> PreparedInput:
-    """Validate the member's image and mask and build what fal receives (SPEC sections 3 and 11).
+    """Validate the member's image and mask and build what fal receives (SPEC sections 3 and 11); ``accepted``: the
+    image passed once already (a mask found later), so today's size limits are not applied to it again.
 
     ``source`` defaults to the attachment ``mask`` if given, else the image's transparency; with a box or a region
     ``mask`` must be None, with words it is fal's segmentation output. ``feather_px`` only widens the crop.
@@ -171,7 +178,7 @@ def prepare(
     if (mask is not None) != (source.kind in ("file", "words")):
         raise ValueError(f"a {source.kind} mask source {'takes' if mask is None else 'takes no'} mask bytes")
     notes: list[str] = []
-    decoded, picture, alpha = _member_image(image, limits)
+    decoded, picture, alpha = _member_image(image, _accepted(limits) if accepted else limits)
     width, height = picture.size
     if decoded.multi_frame:
         notes.append("Your image has several frames; only the first one is used.")
@@ -258,7 +265,7 @@ def finish_output(
     if original is not None and full_mask is not None:
         with Image.open(io.BytesIO(full_mask), formats=["PNG"]) as stored:
             mask = stored.convert("L")
-        _, base, _ = _member_image(original, limits)  # the same path as prepare: the same pixels
+        _, base, _ = _member_image(original, _accepted(limits))  # the same path as prepare: the same pixels
         if base.size != (width, height) or mask.size != base.size:
             raise ValueError(f"original {base.size} and mask {mask.size} do not match the job's {width}×{height}")
         if mask.getextrema() != (255, 255):  # with all of it repainted, the result is delivered as it is

@@ -85,7 +85,7 @@ class Intake:
         self.library = library
         self.clock = clock
         # downloads and decodes at once: each holds up to max_input_bytes plus the decoded pixels
-        self._prepare_slots = asyncio.Semaphore(settings.limits.max_parallel_prepare)
+        self.image_slots = asyncio.Semaphore(settings.limits.max_parallel_prepare)  # the composites share it
 
     # checks without a download
 
@@ -241,7 +241,7 @@ class Intake:
         for upload, what in ((image, "image"), (mask, "mask")):
             if upload is not None and upload.size > limits.max_input_bytes:  # before waiting for a slot
                 raise InputError(f"The {what} is {_mb(upload.size)}; the limit is {_mb(limits.max_input_bytes)}.")
-        async with self._prepare_slots:
+        async with self.image_slots:
             image_bytes = await self._download(image, "image")
             mask_bytes = await self._download(mask, "mask") if mask is not None else None
             if source.kind == "words":
@@ -266,10 +266,13 @@ class Intake:
         """
         original = await asyncio.to_thread(self.files.read, job.id, ORIGINAL_FILE)
         source = masks.MaskSource("words", words=job.options.mask_prompt)
-        prepared = await asyncio.to_thread(self._prepare, job, original, segmentation, source)
+        async with self.image_slots:  # a full-size decode, as at the intake
+            prepared = await asyncio.to_thread(self._prepare, job, original, segmentation, source, accepted=True)
         await self._keep(job, prepared)
 
-    def _prepare(self, job: Job, image: bytes, mask: bytes | None, source: masks.MaskSource) -> images.PreparedInput:
+    def _prepare(
+        self, job: Job, image: bytes, mask: bytes | None, source: masks.MaskSource, *, accepted: bool = False
+    ) -> images.PreparedInput:
         options = job.options
         return images.prepare(
             image,
@@ -279,6 +282,7 @@ class Intake:
             source=source,
             grow_px=options.mask_grow,
             feather_px=options.mask_feather,
+            accepted=accepted,
         )
 
     async def _keep(self, job: Job, prepared: images.PreparedInput) -> None:

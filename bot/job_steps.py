@@ -152,18 +152,19 @@ class JobSteps:
         if job.crop is not None:
             original = await asyncio.to_thread(self.files.read, job.id, ORIGINAL_FILE)
             full_mask = await asyncio.to_thread(self.files.read, job.id, FULL_MASK_FILE)
-        return await asyncio.to_thread(
-            images.finish_output,
-            raw,
-            width=job.width,
-            height=job.height,
-            output_format=job.options.output_format,
-            limits=self.settings.limits,
-            original=original,
-            crop=job.crop,
-            full_mask=full_mask,
-            feather_px=job.options.mask_feather,
-        )
+        async with self.intake.image_slots:  # decoding the original at full size: as many at once as intakes
+            return await asyncio.to_thread(
+                images.finish_output,
+                raw,
+                width=job.width,
+                height=job.height,
+                output_format=job.options.output_format,
+                limits=self.settings.limits,
+                original=original,
+                crop=job.crop,
+                full_mask=full_mask,
+                feather_px=job.options.mask_feather,
+            )
 
     def cancel_lock(self, job_id: str) -> asyncio.Lock:
         """The lock a cancel of ``job_id`` holds while it decides; the watch waits for it before going on."""
@@ -244,14 +245,15 @@ class JobSteps:
         await self.notifier.update(job, progress_reply(job, eta_s=self._eta_s(job)))
 
     def _charge(self, job: Job, *, billed: bool) -> None:
-        """What a job that ends early costs: its estimate when the inpainting may be paid, the segmentation's price
-        when only that was sent, else nothing."""
+        """What a job that ends early costs: its estimate when the inpainting may be paid (``billed``), the
+        segmentation's price when only that reached fal (or may have: ``billed`` while it was being sent), else
+        nothing."""
         if job.cost_usd is not None:
             return
-        inpainting_sent = job.request_id is not None or job.state is not JobState.SEGMENTING
-        if billed and inpainting_sent:
+        searching = job.state is JobState.SEGMENTING and job.request_id is None
+        if billed and not searching:
             job.cost_usd = job.cost_estimate_usd
-        elif job.segment_request_id is not None or job.state is JobState.SEGMENTING:
+        elif job.segment_request_id is not None or (billed and searching):
             job.cost_usd = self.settings.masks.segment_price_usd
 
     async def _fail(self, job: Job, message: str, *, billed: bool) -> Job:

@@ -184,7 +184,7 @@ class JobPipeline(JobSteps):
     async def _find_mask(self, job: Job) -> Job:
         """Wait for the segmentation, fetch its mask and build the inpainting's inputs from it."""
         if job.segment_request_id is None:  # the process died while the segmentation was being sent
-            return await self._fail(job, SEGMENT_UNKNOWN, billed=False)
+            return await self._fail(job, SEGMENT_UNKNOWN, billed=True)  # the search may have reached fal
         handle = self.segment_handle(job)
         deadline = self.clock() + timedelta(seconds=self.settings.fal.job_timeout_s)
         watch = asyncio.create_task(

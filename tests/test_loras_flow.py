@@ -78,30 +78,8 @@ async def private_refusal(rig: BotRig, interaction: FakeInteraction) -> str:
 
 
 async def group_slash(rig: BotRig, name: str, *, user: str = "admin", options: dict[str, Any]) -> FakeInteraction:
-    """``/fluxpaint lora add`` and the like: a subcommand of a subcommand group, sent as Discord sends it.
-
-    The fake's ``slash`` knows one level of subcommands only; this checks the synced schema and the member's
-    permissions the same way (``_check_invocation``) and nests the options as Discord does."""
-    fake = rig.discord
-    top, group_name, sub_name = name.split(" ")
-    command, guild_scoped = fake._find_command(top)
-    assert command is not None, f"/{top} is not synced"
-    (group,) = [o for o in command["options"] if o["type"] == 2 and o["name"] == group_name]
-    (sub,) = [o for o in group["options"] if o["type"] == 1 and o["name"] == sub_name]
-    opts, resolved = fake._typed_options(sub, options)
-    channel_id = fake.channel_id("general")
-    fake._check_invocation(command, sub.get("options", []), opts, user, channel_id)
-    data: dict[str, Any] = {
-        "id": command["id"],
-        "name": top,
-        "type": 1,
-        "options": [{"name": group_name, "type": 2, "options": [{"name": sub_name, "type": 1, "options": opts}]}],
-    }
-    if guild_scoped:
-        data["guild_id"] = str(fake.guild_id)
-    if resolved:
-        data["resolved"] = resolved
-    return await fake._interact(2, user, channel_id, data)
+    """``/fluxpaint lora add`` and the like: a subcommand of a subcommand group, sent as Discord sends it."""
+    return await rig.discord.slash(name, user=user, options=options)
 
 
 async def admin(rig: BotRig, sub: str, user: str = "admin", **options: object) -> str:

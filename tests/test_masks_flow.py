@@ -218,6 +218,16 @@ async def test_words_that_match_nothing_end_the_job_without_an_inpainting(make_r
     assert f"Your spend today: {usd(SEGMENT_PRICE)}" in await usage(rig)  # the search only, not the estimate
 
 
+async def test_a_segmentation_fal_refuses_charges_nothing(make_rig: MakeRig) -> None:
+    rig = await make_rig(fal={"submit_5xx_count": 1, "submit_5xx_status": 400}, budgets={"user_daily_usd": 1.0})
+    interaction = await rig.inpaint(COFFEE, prompt="a blue vase", mask_prompt="the cup")
+    reply = await rig.wait_text(interaction, "❌")
+    assert "fal rejected" in reply.content, reply.content
+    job = only_job(rig)
+    assert job.state is JobState.FAILED and job.cost_usd is None and job.segment_request_id is None
+    assert f"Your spend today: {usd(0)}" in await usage(rig)
+
+
 async def test_a_segmentation_that_fails_is_explained_and_nothing_is_inpainted(make_rig: MakeRig) -> None:
     rig = await make_rig(fal={"segment_fail_with": "CUDA out of memory"})
     interaction = await rig.inpaint(COFFEE, prompt="a blue vase", mask_prompt="the cup")

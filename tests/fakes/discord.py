@@ -869,15 +869,21 @@ class FakeDiscord:
         return None, False
 
     def _command_target(self, name: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None, bool]:
-        """The synced command of ``name`` (``"group sub"`` too), its subcommand, and whether it is guild-scoped."""
-        top, _, sub_name = name.partition(" ")
+        """The synced command of ``name`` (``"group sub"`` and ``"group subgroup sub"`` too), its subcommand, and
+        whether it is guild-scoped."""
+        top, *path = name.split(" ")
         command, guild_scoped = self._find_command(top)
-        if not sub_name:
+        if not path:
             return command, None, guild_scoped
-        subs = [o for o in (command or {}).get("options", []) if o["type"] == 1 and o["name"] == sub_name]
-        if not subs:
-            raise InvocationError(f"/{top} has no subcommand {sub_name!r}")
-        return command, subs[0], guild_scoped
+        parent = command or {}
+        for depth, part in enumerate(path):
+            kind = 1 if depth == len(path) - 1 else 2  # the last is a subcommand, those before it groups
+            found = [o for o in parent.get("options", []) if o["type"] == kind and o["name"] == part]
+            if not found:
+                what = "subcommand" if kind == 1 else "subcommand group"
+                raise InvocationError(f"/{' '.join([top, *path[:depth]])} has no {what} {part!r}")
+            parent = found[0]
+        return command, parent, guild_scoped
 
     def _typed_options(
         self, parent: dict[str, Any] | None, options: dict[str, Any]
@@ -905,9 +911,12 @@ class FakeDiscord:
         self, name: str, command: dict[str, Any] | None, guild_scoped: bool, opts: list[dict[str, Any]]
     ) -> dict[str, Any]:
         """An interaction's ``data`` for ``/name`` (a subcommand's options nest under it)."""
-        top, _, sub_name = name.partition(" ")
+        top, *path = name.split(" ")
         data: dict[str, Any] = {"id": (command or {}).get("id", str(self._new_id())), "name": top, "type": 1}
-        data["options"] = [{"name": sub_name, "type": 1, "options": opts}] if sub_name else opts
+        nested = opts
+        for depth, part in reversed(list(enumerate(path))):  # the subcommand innermost, its groups around it
+            nested = [{"name": part, "type": 1 if depth == len(path) - 1 else 2, "options": nested}]
+        data["options"] = nested
         if guild_scoped:
             data["guild_id"] = str(self.guild_id)
         return data
