@@ -104,7 +104,9 @@ class Intake:
         facts = await self.store.member_facts(origin.guild_id, origin.user_id)  # one query: bursts come here first
         if (reason := self.admin.refusal_in(origin.guild_id, facts)) is not None:
             raise RefusedError(reason)
-        options = self._effective_options((await self.resolve(options, origin)).options, origin)
+        resolved = await self.resolve(options, origin)
+        options = self._effective_options(resolved.options, origin)
+        self._check_sent_prompt(resolved.prompt)
         if facts.unfinished + pending >= self.settings.limits.max_jobs_per_user:
             raise RefusedError(self.cap_text())
         user_daily, guild_monthly = (
@@ -177,6 +179,23 @@ class Intake:
         return options.model_copy(
             update={"prompt": options.prompt.strip(), "mask_prompt": words, "enable_safety_checker": not checker_off}
         )
+
+    def _check_sent_prompt(self, prompt: str) -> None:
+        """The prompt fal receives (a style's template and the LoRAs' trigger words, from a server's admins) within
+        the owner's rules too.
+
+        Raises:
+            InputError, RefusedError: too long, or a blocked term.
+        """
+        limit = self.settings.limits.max_prompt_chars
+        if len(prompt) > limit:
+            raise InputError(
+                f"With the style and the LoRAs' trigger words the prompt is {len(prompt)} characters; "
+                f"the limit here is {limit}. Shorten your prompt."
+            )
+        lowered = prompt.casefold()
+        if any(term.casefold() in lowered for term in self.settings.safety.blocked_terms if term):
+            raise RefusedError("The prompt this style or LoRA makes contains a term that isn't allowed on this server.")
 
     def _exempt(self, origin: Origin) -> bool:
         return bool(set(self.settings.budgets.exempt_role_ids) & set(origin.role_ids))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from bot import loras
-from bot.config import LoraEntry, Settings, StyleEntry, StyleLora
+from bot.config import LoraEntry, Settings, StyleEntry, StyleLora, host_allowed, lora_host
 from bot.loras import Catalog, Choice, LoraError
 from bot.models import InpaintOptions
 from bot.progress import member_text
@@ -26,6 +26,7 @@ class LoraLibrary:
         self.store = store
         self.owner = Catalog(settings.loras, settings.styles)
         self._servers: dict[int, Catalog] = {}  # filled on first use, replaced when an admin changes it
+        self._changes: dict[int, int] = {}  # per server: how many changes, so that a read begun before one is not kept
 
     async def catalog(self, guild_id: int | None) -> Catalog:
         """What members of ``guild_id`` may use: one indexed query the first time, memory afterwards."""
@@ -33,11 +34,23 @@ class LoraLibrary:
             return self.owner
         cached = self._servers.get(guild_id)
         if cached is None:
+            changes = self._changes.get(guild_id, 0)
             server_loras, server_styles = await self.store.catalog_entries(guild_id)
-            cached = self._servers[guild_id] = self.owner.for_server(server_loras, server_styles)
+            allowed = self.settings.catalog.allowed_hosts
+            for entry in server_loras:
+                if not host_allowed(lora_host(entry.path), allowed):  # the owner took the host off the list since
+                    log.warning("guild=%s LoRA %s is on a host no longer allowed; left out", guild_id, entry.name)
+            usable = [entry for entry in server_loras if host_allowed(lora_host(entry.path), allowed)]
+            cached = self.owner.for_server(usable, server_styles)
             for name in cached.hidden:
                 log.warning("guild=%s catalog entry %s is hidden by the owner's entry of that name", guild_id, name)
+            if self._changes.get(guild_id, 0) == changes:  # an admin's change meanwhile: this read is stale
+                self._servers[guild_id] = cached
         return cached
+
+    def _changed(self, guild_id: int) -> None:
+        self._changes[guild_id] = self._changes.get(guild_id, 0) + 1
+        self._servers.pop(guild_id, None)
 
     async def suggest(self, guild_id: int | None, typed: str, kind: Kind) -> list[Choice]:
         return loras.suggest(await self.catalog(guild_id), typed, kind=kind)
@@ -73,7 +86,7 @@ class LoraLibrary:
         )
         if not await self.store.add_catalog_entry(guild_id, "lora", entry.name, entry.model_dump_json(), by=by):
             raise LoraError(f"This server already has a LoRA named {entry.name}.")
-        self._servers.pop(guild_id, None)
+        self._changed(guild_id)
         log.info("guild=%s user=%s added LoRA %s", guild_id, by, entry.name)
         return f"Added the LoRA **{entry.name}** (scale {entry.scale:g}). Members can pick it in `/inpaint lora`."
 
@@ -104,7 +117,7 @@ class LoraLibrary:
         )
         if not await self.store.add_catalog_entry(guild_id, "style", entry.name, entry.model_dump_json(), by=by):
             raise LoraError(f"This server already has a style named {entry.name}.")
-        self._servers.pop(guild_id, None)
+        self._changed(guild_id)
         log.info("guild=%s user=%s added style %s", guild_id, by, entry.name)
         return f"Added the style **{entry.name}**. Members can pick it in `/inpaint style`."
 
@@ -119,7 +132,7 @@ class LoraLibrary:
             raise LoraError(f"The style(s) {', '.join(users)} use {name}; remove them first.")
         if not await self.store.remove_catalog_entry(guild_id, kind, name, by=by):
             raise LoraError(f"This server has no {'LoRA' if kind == 'lora' else 'style'} named {name}.")
-        self._servers.pop(guild_id, None)
+        self._changed(guild_id)
         log.info("guild=%s user=%s removed %s %s", guild_id, by, kind, name)
         return f"Removed the {'LoRA' if kind == 'lora' else 'style'} **{name}**."
 

@@ -43,7 +43,7 @@ class Resolved(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    options: InpaintOptions  # the style's defaults filled in; ``prompt`` stays the member's own (rerolls re-resolve)
+    options: InpaintOptions  # the style's defaults filled in; ``prompt`` stays the member's own
     prompt: str  # the prompt fal receives and the result shows
     loras: list[LoraWeight]
     style: str | None

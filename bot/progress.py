@@ -226,7 +226,7 @@ def result_reply(job: Job, *, elapsed_s: float, withheld: int, notes: Sequence[s
     if opts.style is not None:
         fields.append(("Style", member_text(opts.style)))
     if job.loras:
-        fields.append(("LoRAs", "\n".join(lora.label for lora in job.loras)[:1024]))
+        fields.append(("LoRAs", "\n".join(member_text(lora.label) for lora in job.loras)[:1024]))
     extra = list(job.notes) + list(notes)
     if withheld:
         noun = "image was" if withheld == 1 else "images were"

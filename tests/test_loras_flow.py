@@ -479,3 +479,45 @@ async def test_fal_failing_on_a_lora_names_it(make_rig: MakeRig) -> None:
     interaction = await rig.inpaint(COFFEE, COFFEE_MASK, lora="watercolor")
     reply = await rig.wait_text(interaction, "❌")
     assert "fal could not use the LoRA watercolor." in visible_text(reply)
+
+
+async def test_a_server_lora_on_a_host_the_owner_no_longer_allows_is_not_sent(tmp_path: Path) -> None:
+    def settings(hosts: list[str]) -> Settings:
+        return Settings(
+            discord={"token": "t"},
+            fal={"key": "k"},
+            storage={"data_dir": str(tmp_path)},
+            catalog={"allowed_hosts": hosts},
+        )
+
+    async with await JobStore.open(tmp_path / "jobs.sqlite3") as store:
+        before = LoraLibrary(settings(["huggingface.co", "civitai.com"]), store)
+        await before.add_lora(
+            111,
+            by=1,
+            name="koala",
+            path="https://civitai.com/api/download/models/9",
+            scale=1.0,
+            trigger_words="",
+            description="",
+        )
+        after = LoraLibrary(settings(["huggingface.co"]), store)  # the owner took civitai.com off the list
+        assert (await after.catalog(111)).lora("koala") is None
+        with pytest.raises(LoraError, match="koala"):
+            await after.resolve(InpaintOptions(prompt="a cat", lora="koala"), 111, frozenset({"prompt", "lora"}))
+
+
+async def test_a_style_template_with_a_blocked_term_is_refused_privately(make_rig: MakeRig) -> None:
+    styles = [{"name": "edgy", "prompt": "{prompt}, forbidden-thing", "description": "x"}]
+    rig = await lora_rig(make_rig, styles=styles, safety={"blocked_terms": ["forbidden-thing"]})
+    interaction = await rig.inpaint(COFFEE, COFFEE_MASK, prompt="a cat", style="edgy")
+    text = await private_refusal(rig, interaction)
+    assert "isn't allowed on this server" in text and rig.fal.submits == []
+
+
+async def test_a_prompt_the_style_makes_too_long_is_refused_privately(make_rig: MakeRig) -> None:
+    styles = [{"name": "wordy", "prompt": "{prompt}, " + "very " * 40 + "detailed", "description": "x"}]
+    rig = await lora_rig(make_rig, styles=styles, limits={"max_prompt_chars": 100})
+    interaction = await rig.inpaint(COFFEE, COFFEE_MASK, prompt="a cat", style="wordy")
+    text = await private_refusal(rig, interaction)
+    assert "the limit here is 100" in text and rig.fal.submits == []
