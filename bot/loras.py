@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -108,7 +109,8 @@ class Catalog:
         return self._owner_styles.by_name.get(key) or self._server_styles.by_name.get(key)
 
     def lora_by_path(self, path: str) -> LoraEntry | None:
-        return self._owner_paths.get(path) or self._server_paths.get(path)
+        key = same_file(path)
+        return self._owner_paths.get(key) or self._server_paths.get(key)
 
     def styles_using(self, lora_name: str) -> list[str]:
         """The styles that name this LoRA (an admin removing it is told which would break)."""
@@ -168,7 +170,7 @@ def resolve(
         if style is None:
             raise LoraError(f"{_shown(options.style)} is not a style here; see /loras for the styles you can use.")
     picks = _style_picks(style, catalog) if style else []
-    by_path = {pick.path: pick for pick in picks}
+    by_path = {same_file(pick.path): pick for pick in picks}
     update: dict[str, Any] = {}
     for option, value, scale in (
         ("lora", options.lora, options.lora_scale),
@@ -183,8 +185,8 @@ def resolve(
             update[option] = pick.label  # the catalog's spelling: "Pixel-Art " is pixel-art
         if scale is not None:
             pick.scale = scale
-        if (earlier := by_path.get(pick.path)) is None:
-            picks.append(by_path.setdefault(pick.path, pick))
+        if (earlier := by_path.get(same_file(pick.path))) is None:
+            picks.append(by_path.setdefault(same_file(pick.path), pick))
         elif earlier.source == "the style":
             earlier.scale = pick.scale if scale is not None else earlier.scale
             earlier.source = option  # a second pick of it is a duplicate
@@ -272,9 +274,9 @@ def check_server_style(
     for lora in style.loras:
         if (entry := catalog.lora(lora.name)) is None:
             raise LoraError(f"{_shown(lora.name)} is not a LoRA here; add it first or see /loras.")
-        if entry.path in paths:
+        if same_file(entry.path) in paths:
             raise LoraError(f"{_shown(lora.name)} is the same LoRA as another one of this style; use it once.")
-        paths.add(entry.path)
+        paths.add(same_file(entry.path))
     _check_new_name(style.name, "style", catalog._owner_styles, catalog._server_styles)
     return style
 
@@ -302,10 +304,17 @@ def _visible(entries: Iterable[E], owner: dict[str, E], kind: Kind) -> tuple[lis
     return kept, hidden
 
 
+def same_file(path: str) -> str:
+    """One key for links to the same file: the host in any case, no trailing slash, no query or fragment (a
+    member's link with "?download=1" names the same LoRA)."""
+    parts = urlsplit(path.strip())
+    return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}{parts.path.rstrip('/')}"
+
+
 def _paths(loras: Iterable[LoraEntry]) -> dict[str, LoraEntry]:
     paths: dict[str, LoraEntry] = {}
     for lora in loras:
-        paths.setdefault(lora.path, lora)
+        paths.setdefault(same_file(lora.path), lora)
     return paths
 
 
@@ -317,10 +326,10 @@ def _style_picks(style: StyleEntry, catalog: Catalog) -> list[_Pick]:
                 f"The style {_shown(style.name)} uses the LoRA {_shown(used.name)}, which is not here any more; "
                 "ask an admin to fix the style."
             )
-        if entry.path in picks:
+        if same_file(entry.path) in picks:
             raise LoraError(f"The style {_shown(style.name)} uses one LoRA twice; ask an admin to fix the style.")
         weight = entry.scale if used.scale is None else used.scale
-        picks[entry.path] = _Pick(entry.name, entry.path, weight, entry.trigger_words, "the style")
+        picks[same_file(entry.path)] = _Pick(entry.name, entry.path, weight, entry.trigger_words, "the style")
     return list(picks.values())
 
 

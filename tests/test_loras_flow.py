@@ -216,6 +216,12 @@ async def autocomplete_latency(rig: BotRig, typed: str) -> float:
             "https://",
             id="url-not-https",
         ),
+        pytest.param(
+            {"catalog": {"allow_urls": True}},
+            {"lora": "pixel-art", "lora2": PIXEL.replace("huggingface.co", "HuggingFace.co") + "/?download=1"},
+            "`pixel-art` twice",
+            id="same-file-by-another-link",
+        ),
         pytest.param({}, {"lora_scale": 1.0}, "lora_scale was given without lora", id="scale-without-lora"),
     ],
 )
