@@ -15,6 +15,7 @@ from bot import masks
 from bot.config import LimitSettings
 from bot.decode import ALPHA_OPAQUE, Decoded, ImageError, mask_repaint, open_image, split_alpha
 from bot.models import OutputFormat
+from bot.progress import member_text
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,8 @@ def _repaint(
         if repaint.size != size:  # fal saw our downscaled copy: its aspect may differ by the rounding to 8 px
             repaint = masks.resize_mask(repaint, size)
         if repaint.histogram()[255] == 0:
-            raise ImageError(f'Nothing matched "{source.words}" in the image; try other words, a box or a region.')
+            words = member_text(source.words or "")  # shown as typed: no Markdown, no pings
+            raise ImageError(f'Nothing matched "{words}" in the image; try other words, a box or a region.')
         return repaint
     drawn = open_image(mask, "mask", max_pixels=limits.max_decode_pixels, max_bytes=limits.max_input_bytes)
     repaint = mask_repaint(drawn.image, limits.mask_threshold)

@@ -14,6 +14,7 @@ from PIL import Image, ImageChops, ImageFilter
 from bot.config import LimitSettings
 from bot.errors import InputError
 from bot.models import InpaintOptions, MaskRegion
+from bot.progress import member_text
 
 MIN_CROP_PADDING_PX = 32  # SPEC 11: at least 32 px around the mask's bounding box
 NEARLY_ALL = 0.9  # a padded crop covering this share of the image's area sends the whole image instead
@@ -341,7 +342,8 @@ def nothing_selected(source: MaskSource, *, invert: bool) -> str:
             f"With invert_mask on, the region {source.region} leaves nothing to repaint: choose another or turn it off."
         )
     if source.kind == "words":
-        return f'With invert_mask on, nothing is left to repaint: "{source.words}" matched the whole image.'
+        words = member_text(source.words or "")
+        return f'With invert_mask on, nothing is left to repaint: "{words}" matched the whole image.'
     return "With invert_mask on, the mask selects nothing: leave the area to repaint black, or turn invert_mask off."
 
 

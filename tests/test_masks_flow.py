@@ -432,3 +432,11 @@ async def test_with_fal_storage_the_inpainting_gets_the_crop_not_the_searched_im
     job = only_job(rig)
     assert sizes == [(1728, 1152), (job.sent_width, job.sent_height), (job.sent_width, job.sent_height)]
     assert len(rig.fal.uploads) == 3 and endpoints(rig) == [SEGMENT_ENDPOINT, INPAINT_ENDPOINT]
+
+
+async def test_words_that_match_nothing_are_shown_as_typed(make_rig: MakeRig) -> None:
+    rig = await make_rig(fal={"segment_box": None})
+    interaction = await rig.inpaint(COFFEE, prompt="a vase", mask_prompt="**the** [cup](https://x.example) @everyone")
+    reply = await rig.wait_text(interaction, "❌")
+    assert "Nothing matched" in reply.content and "**the**" not in reply.content, reply.content
+    assert "\\[cup]" in reply.content and "@everyone" not in reply.content, reply.content  # no link, no ping
