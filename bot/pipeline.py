@@ -178,6 +178,7 @@ class JobPipeline(JobSteps):
             return job  # back in line: fal did not take it
         handle, _ = sent
         job.segment_request_id = handle.request_id
+        job.submitted_at = self.clock()  # the search's deadline counts from here, across restarts
         log.info("job=%s segmentation submitted request=%s", job.id, handle.request_id)
         return await self._save(job)
 
@@ -186,14 +187,14 @@ class JobPipeline(JobSteps):
         if job.segment_request_id is None:  # the process died while the segmentation was being sent
             return await self._fail(job, SEGMENT_UNKNOWN, billed=True)  # the search may have reached fal
         handle = self.segment_handle(job)
-        deadline = self.clock() + timedelta(seconds=self.settings.fal.job_timeout_s)
+        deadline = (job.submitted_at or self.clock()) + timedelta(seconds=self.settings.fal.job_timeout_s)
         watch = asyncio.create_task(
             self._attempt(job, Step.WATCH, functools.partial(self._completed, handle), deadline),
             name=f"fluxpaint-segment-{job.id}",
         )
         self._watches[job.id] = watch
         try:
-            async with asyncio.timeout(self.settings.fal.job_timeout_s) as scope:
+            async with asyncio.timeout(max((deadline - self.clock()).total_seconds(), 0.0)) as scope:
                 await watch
         except TimeoutError:
             if not scope.expired():

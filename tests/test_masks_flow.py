@@ -141,16 +141,7 @@ async def cancel_button(rig: BotRig, interaction: FakeInteraction) -> tuple[int,
 
 async def click_answer(rig: BotRig, message_id: int, custom_id: str, user: str = "alice") -> str:
     """The private answer to a click on the button ``custom_id``."""
-    click = await rig.discord.click(message_id, custom_id, user=user)
-
-    def answered() -> bool:
-        original = click.original()
-        return original is not None and not original.loading
-
-    await rig.discord.wait_for(answered)
-    original = click.original()
-    assert original is not None and original.ephemeral
-    return str(original.content)
+    return str(await answer_to(rig, await rig.discord.click(message_id, custom_id, user=user)))
 
 
 # 1. words: one segmentation, then one inpainting with its mask
