@@ -160,6 +160,18 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return im.convert("I").point(lambda v: v / 257).convert("L")  # 16-bit: 65535 -> 255
 
 
+def _grey_key_alpha(im: Image.Image) -> Image.Image | None:
+    """A 16-bit greyscale PNG's tRNS transparency (one grey value is transparent) as an "L" alpha, else None."""
+    key = im.info.get("transparency")
+    if not isinstance(key, int) or im.mode == "F":
+        return None
+    grey = im.convert("I")
+    # |v - key| from two linear maps (all that point() allows on "I"), each clipped at 0 by the conversion to "L"
+    above = grey.point(lambda v: v - key).convert("L")
+    below = grey.point(lambda v: key - v).convert("L")
+    return ImageChops.lighter(above, below).point([0] + [255] * 255)  # 0 where the pixel is the transparent value
+
+
 def split_alpha(im: Image.Image, what: str) -> tuple[Image.Image, Image.Image | None]:
     """The picture as RGB and its alpha channel ("L"), or None when it has no transparency.
 
@@ -168,7 +180,7 @@ def split_alpha(im: Image.Image, what: str) -> tuple[Image.Image, Image.Image | 
     """
     try:
         if im.mode in _SIXTEEN_BIT_MODES or im.mode == "F":
-            return _to_8bit(im).convert("RGB"), None
+            return _to_8bit(im).convert("RGB"), _grey_key_alpha(im)
         if im.mode in _ALPHA_MODES or "transparency" in im.info:  # palette and tRNS transparency live in info
             rgba = im.convert("RGBA")
             return rgba.convert("RGB"), rgba.getchannel("A")

@@ -921,3 +921,10 @@ def test_data_uri() -> None:
 )
 def test_sniff_format_reads_magic_bytes(make: Callable[[], bytes], expected: str | None) -> None:
     assert sniff_format(make()) == expected
+
+
+def test_a_16_bit_grey_png_with_a_transparent_value_uses_it_as_the_mask() -> None:
+    im = Image.new("I;16", (400, 300), 257 * 100)
+    ImageDraw.Draw(im).rectangle((100, 100, 199, 149), fill=5)  # the grey value tRNS makes transparent
+    prepared = prepare(encode(im, transparency=5), None, invert=False, limits=LIMITS)
+    assert full_mask(prepared).getbbox() == (100, 100, 200, 150)
