@@ -245,3 +245,32 @@ def result_reply(job: Job, *, elapsed_s: float, withheld: int, notes: Sequence[s
         footer=f"job {job.id}",
     )
     return Reply(content="", embed=embed)
+
+
+HISTORY_STATES = {
+    JobState.ACCEPTED: "🔎 checking",
+    JobState.WAITING: "⏳ waiting",
+    JobState.SEGMENTING: "🔍 finding the mask",
+    JobState.SUBMITTING: "📨 sending",
+    JobState.QUEUED: "🕒 queued",
+    JobState.RUNNING: "🎨 generating",
+    JobState.FETCHED: "📦 uploading",
+    JobState.DELIVERING: "📦 uploading",
+    JobState.DONE: "✅ done",
+    JobState.FAILED: "❌ failed",
+    JobState.CANCELLED: "🚫 cancelled",
+}
+
+
+def history_text(jobs: Sequence[Job]) -> str:
+    """/history: a member's latest jobs, newest first, each with its state, a prompt preview and a link."""
+    if not jobs:
+        return "You have no jobs in this server yet. Start one with /inpaint."
+    lines = []
+    for job in jobs:
+        message_id = job.delivered_message_ids[0] if job.delivered_message_ids else job.origin.message_id
+        where = f"{job.origin.guild_id}/{job.origin.channel_id}/{message_id}" if message_id else None
+        link = f" · [open](https://discord.com/channels/{where})" if where else ""
+        when = f"<t:{int(job.created_at.timestamp())}:R>"
+        lines.append(f"{when} {HISTORY_STATES[job.state]} · “{_preview(job.options.prompt, 60)}”{link}")
+    return "\n".join(lines)[:MAX_CONTENT]

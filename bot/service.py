@@ -21,11 +21,13 @@ from bot.intake import day_start, month_start, next_day
 from bot.library import LoraLibrary
 from bot.models import InpaintOptions, Job, JobState, Origin, Upload, utcnow
 from bot.pipeline import JobPipeline
-from bot.progress import JobNotifier, usd
+from bot.progress import JobNotifier, history_text, usd
 from bot.scheduler import Scheduler
 from bot.store import JobStore
 
 log = logging.getLogger(__name__)
+
+HISTORY_JOBS = 10
 
 PRUNE_RETRY_S = 60.0
 CHECKED_TTL_S = 30.0  # a checked command whose job never arrived (its acknowledgement failed) stops counting
@@ -205,6 +207,10 @@ class JobService:
         if result.cancelled:
             self.scheduler.wake()
         return result
+
+    async def history_text(self, *, user_id: int, guild_id: int | None) -> str:
+        """The member's last ten jobs here (SPEC 10's /history)."""
+        return history_text(await self.store.recent_jobs(user_id=user_id, guild_id=guild_id, limit=HISTORY_JOBS))
 
     async def usage_text(self, *, user_id: int, guild_id: int | None) -> str:
         now = self.clock()

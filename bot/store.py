@@ -538,6 +538,15 @@ class JobStore:
             for at, actor, action, detail in rows
         ]
 
+    async def recent_jobs(self, *, user_id: int, guild_id: int | None, limit: int = 10) -> list[Job]:
+        """The member's latest jobs in this server, newest first (one indexed query)."""
+        rows = await self._fetchall(
+            "SELECT id, data FROM jobs WHERE user_id = ? AND guild_id IS ? ORDER BY created_at DESC, rowid DESC "
+            "LIMIT ?",
+            (user_id, guild_id, limit),
+        )
+        return [job for job in (_load(job_id, data) for job_id, data in rows) if job is not None]
+
     # the catalog entries a server's admins added (SPEC 9)
 
     async def catalog_entries(self, guild_id: int) -> tuple[list[LoraEntry], list[StyleEntry]]:

@@ -1,4 +1,4 @@
-"""/usage: a member's own spend, shown only to them."""
+"""/usage and /history: a member's own spend and jobs, shown only to them."""
 
 from __future__ import annotations
 
@@ -18,6 +18,13 @@ class Usage(commands.Cog):
     async def usage(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         text = await self.service.usage_text(user_id=interaction.user.id, guild_id=interaction.guild_id)
+        await interaction.followup.send(text, ephemeral=True)
+
+    @app_commands.command(description="Your last ten jobs in this server, with links to their results")
+    @app_commands.guild_only()
+    async def history(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        text = await self.service.history_text(user_id=interaction.user.id, guild_id=interaction.guild_id)
         await interaction.followup.send(text, ephemeral=True)
 
 
