@@ -9,7 +9,7 @@ import logging
 import math
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import overload
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -51,7 +51,6 @@ STREAM_IDLE_MIN_S = 45.0  # fal sends a keep-alive comment every 15 s
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
 SLOW_WATCH_S = 5.0  # a job whose caller can wait this long for news is looked at by status calls, not a stream
 
-Output = TypeVar("Output", InpaintOutput, SegmentOutput)
 Pace = Callable[[QueueStatus], float]  # seconds the caller can go without news of a job in this status
 
 # the client
@@ -413,7 +412,15 @@ class FalQueueClient:
         reason = self._safe(completed.error or completed.error_type or "no reason given")
         return FalJobError(f"fal could not finish this job: {reason}")
 
-    async def result(self, handle: FalHandle, output: type[Output] = InpaintOutput) -> Output:  # type: ignore[assignment]
+    @overload
+    async def result(self, handle: FalHandle) -> InpaintOutput: ...
+
+    @overload
+    async def result(self, handle: FalHandle, output: type[SegmentOutput]) -> SegmentOutput: ...
+
+    async def result(
+        self, handle: FalHandle, output: type[InpaintOutput] | type[SegmentOutput] = InpaintOutput
+    ) -> InpaintOutput | SegmentOutput:
         """The output of a COMPLETED job; fetch it promptly, fal keeps it for a limited time.
 
         Raises:

@@ -4,12 +4,12 @@ state, or (at shutdown) leaves a row that the next start resumes; each state is 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from bot.errors import RefusedError, UserFacingError, user_message
 from bot.fal_models import (
@@ -188,33 +188,17 @@ class JobPipeline(JobSteps):
             return await self._fail(job, SEGMENT_UNKNOWN, billed=True)  # the search may have reached fal
         handle = self.segment_handle(job)
         deadline = (job.submitted_at or self.clock()) + timedelta(seconds=self.settings.fal.job_timeout_s)
-        watch = asyncio.create_task(
-            self._attempt(job, Step.WATCH, functools.partial(self._completed, handle), deadline),
-            name=f"fluxpaint-segment-{job.id}",
-        )
-        self._watches[job.id] = watch
-        try:
-            async with asyncio.timeout(max((deadline - self.clock()).total_seconds(), 0.0)) as scope:
-                await watch
-        except TimeoutError:
-            if not scope.expired():
-                raise
-            with contextlib.suppress(FalError):
+        search = self._attempt(job, Step.WATCH, functools.partial(self._completed, handle), deadline)
+        outcome = await self._until_done(job, search, deadline, name=f"fluxpaint-segment-{job.id}")
+        if outcome == "expired":
+            try:
                 await self.fal.cancel(handle)
+            except FalError as exc:  # the job ends either way; a search that runs on is billed its small price
+                log.warning("job=%s mask search past its deadline; fal could not cancel it (%s)", job.id, exc.message)
             return await self._fail(job, "fal did not find the mask in time, so the job was cancelled.", billed=False)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # shutdown: the next start watches the segmentation again, by its request id
-            if (lock := self._cancel_locks.get(job.id)) is not None:  # a cancel is deciding
-                async with lock:
-                    pass
+        if outcome == "stopped":  # a cancel decided: the job is ended, or is watched again
             return await self._reread(job)
-        finally:
-            self._watches.pop(job.id, None)
-        output = await self._attempt(
-            job, Step.RESULT, functools.partial(self.fal.result, handle, SegmentOutput), deadline
-        )
+        output = await self._attempt(job, Step.RESULT, lambda: self.fal.result(handle, SegmentOutput), deadline)
         raw = await self._attempt(job, Step.DOWNLOAD, functools.partial(self._download, output.image.url), deadline)
         try:
             await self.intake.mask_found(job, raw)
@@ -273,31 +257,43 @@ class JobPipeline(JobSteps):
         """Watch fal until COMPLETED, within the job's deadline, then fetch the result (FETCHED)."""
         handle = self.handle(job)
         deadline = (job.submitted_at or job.created_at) + timedelta(seconds=self.settings.fal.job_timeout_s)
-        watch = asyncio.create_task(self._watch(job, handle), name=f"fluxpaint-watch-{job.id}")
-        self._watches[job.id] = watch
-        try:
-            async with asyncio.timeout(max((deadline - self.clock()).total_seconds(), 0.0)) as scope:
-                await watch
-        except TimeoutError:
-            if not scope.expired():
-                raise
+        outcome = await self._until_done(job, self._watch(job, handle), deadline, name=f"fluxpaint-watch-{job.id}")
+        if outcome == "stopped":  # a cancel decided: the job is either ended or followed again
+            return await self._reread(job)
+        if outcome == "expired":
             job = await self._reread(job)
             if not await self._time_out(job, handle):
                 return await self._reread(job)
             # fal had finished it after all (or while the bot was down): fetch it rather than throw it away
+        self.eta.finished(job.id)
+        return await self._fetch(job, handle)
+
+    async def _until_done(
+        self, job: Job, work: Coroutine[Any, Any, object], deadline: datetime, *, name: str
+    ) -> Literal["done", "expired", "stopped"]:
+        """Run a watch at fal as the task a cancel may stop (``pause_watch``), until it ends or the deadline; a
+        stopped watch returns once the cancel has decided. At shutdown the row stays as it is and the next start
+        watches again, by the request id."""
+        watch = asyncio.create_task(work, name=name)
+        self._watches[job.id] = watch
+        try:
+            async with asyncio.timeout(max((deadline - self.clock()).total_seconds(), 0.0)) as scope:
+                await watch
+            return "done"
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            return "expired"
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
-                raise  # shutdown: the row stays as it is and the next start watches again
-            # a cancel stopped the watch: once it has decided, the job is either ended or followed again
-            if (lock := self._cancel_locks.get(job.id)) is not None:
+                raise  # shutdown
+            if (lock := self._cancel_locks.get(job.id)) is not None:  # a cancel is deciding
                 async with lock:
                     pass
-            return await self._reread(job)
+            return "stopped"
         finally:
             self._watches.pop(job.id, None)
-        self.eta.finished(job.id)
-        return await self._fetch(job, handle)
 
     async def _watch(self, job: Job, handle: FalHandle) -> Job:
         shown_place = self._place(job)
