@@ -75,6 +75,13 @@ def _host_entry(entry: str) -> str:
     return entry
 
 
+def _listen(entry: str) -> str:
+    host, _, port = entry.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{entry!r} is not host:port (for example 127.0.0.1:8080)")
+    return f"{host}:{int(port)}"
+
+
 def _lora_name(name: str) -> str:
     # names are lower-cased rather than refused: members type "Pixel-Art" and mean pixel-art
     name = name.strip().lower()
@@ -134,6 +141,7 @@ def _prompt_template(template: str) -> str:
 HttpsUrl = Annotated[str, AfterValidator(_https_url)]
 WssUrl = Annotated[str, AfterValidator(_wss_url)]
 HostEntry = Annotated[str, AfterValidator(_host_entry)]
+ListenAddress = Annotated[str, AfterValidator(_listen)]
 LoraName = Annotated[str, AfterValidator(_lora_name)]
 LoraPath = Annotated[str, Field(max_length=1000), AfterValidator(_lora_path)]
 LoraHostEntry = Annotated[str, AfterValidator(_lora_host_entry)]
@@ -158,6 +166,18 @@ class DiscordSettings(Section):
     # For the end-to-end rig only: point discord.py at a fake Discord on loopback.
     api_base_url: HttpsUrl | None = None
     gateway_url: WssUrl | None = None
+    # Several processes on one PostgreSQL store (SPEC 13): this process runs these shards of shard_count.
+    shard_ids: list[int] | None = None
+    shard_count: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _shards(self) -> DiscordSettings:
+        if self.shard_ids is not None:
+            if self.shard_count is None:
+                raise ValueError("discord.shard_ids needs discord.shard_count")
+            if not self.shard_ids or any(not 0 <= i < self.shard_count for i in self.shard_ids):
+                raise ValueError(f"discord.shard_ids must be between 0 and shard_count - 1 ({self.shard_count - 1})")
+        return self
 
 
 class FalSettings(Section):
@@ -218,6 +238,8 @@ class MaskSettings(Section):
 
 
 class UiSettings(Section):
+    # Who may press Reroll, Edit and Use on a result (SPEC 10): any member who may use the bot, or its requester.
+    iterate_by: Literal["anyone", "requester"] = "anyone"
     token_ttl_s: float = Field(15 * 60, gt=0, le=15 * 60, allow_inf_nan=False)
     token_margin_s: float = Field(60.0, ge=0, allow_inf_nan=False)
 
@@ -240,6 +262,9 @@ class UiSettings(Section):
 
 class StorageSettings(Section):
     data_dir: Path = Path("data")
+    # sqlite:///path (default: jobs.sqlite3 in data_dir) or postgresql://user@host/db for several processes (SPEC 13)
+    url: str | None = Field(None, pattern=r"^(sqlite:///.+|postgres(ql)?://.+)$")
+    lease_s: float = Field(30.0, ge=2, le=3600)  # PostgreSQL: a dead process's jobs are taken over after this
     keep_finished_days: float = Field(30.0, gt=0)
     prune_interval_s: float = Field(3600.0, ge=60)
 
@@ -284,9 +309,33 @@ class SafetySettings(Section):
 
 class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"  # json: one object per line with job, guild and user ids
     log_prompts: bool = False
     # The event loop is probed for stalls; one this long is logged as a warning (a blocking call on the loop).
     loop_stall_warn_ms: float = Field(100.0, gt=0, allow_inf_nan=False)
+
+
+class WebSettings(Section):
+    """The optional mask painter (SPEC 12): a page members open from a link button."""
+
+    enabled: bool = False
+    listen: ListenAddress = "127.0.0.1:8080"
+    public_url: HttpsUrl | None = None  # the https address members reach, usually a reverse proxy; http on loopback
+    link_ttl_s: float = Field(900.0, ge=60, le=86400)
+    secret: SecretStr | None = None  # HMAC key of the links; unset: one is generated once and kept in data_dir
+    max_mask_bytes: int = Field(8 * MiB, ge=64 * 1024, le=64 * MiB)
+
+    @model_validator(mode="after")
+    def _public_url_when_enabled(self) -> WebSettings:
+        if self.enabled and self.public_url is None:
+            raise ValueError("web.public_url is needed when web.enabled is true: it is the address in the links")
+        return self
+
+
+class OpsSettings(Section):
+    """Health and metrics endpoints (SPEC 13); off while listen is unset."""
+
+    listen: ListenAddress | None = None  # e.g. 127.0.0.1:9108
 
 
 class CatalogSettings(Section):
@@ -397,6 +446,8 @@ class Settings(BaseSettings):
     safety: SafetySettings = SafetySettings()
     logging: LoggingSettings = LoggingSettings()
     catalog: CatalogSettings = CatalogSettings()
+    web: WebSettings = WebSettings()
+    ops: OpsSettings = OpsSettings()
     loras: tuple[LoraEntry, ...] = ()
     styles: tuple[StyleEntry, ...] = ()
 
