@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bot.models import Job, utcnow
+from bot.models import Job, JobState, utcnow
 
 if TYPE_CHECKING:
     from bot.pipeline import JobPipeline
@@ -88,6 +88,22 @@ class Scheduler:
         self._closing = False
         self._served: dict[int, int] = {}  # member -> sequence number of their latest start (fairness)
         self._starts = 0
+
+    async def resume(self) -> None:
+        """At start: fail the jobs whose intake was cut short and carry on every job at fal or in delivery."""
+        resumed = 0
+        for job in await self.store.list_unfinished():
+            if job.state is JobState.ACCEPTED:
+                await self.pipeline.fail_interrupted_intake(job)
+            elif job.state is not JobState.WAITING:
+                self.run(job)
+                resumed += 1
+        log.info("resumed %d job(s) at fal or in delivery", resumed)
+
+    @property
+    def running(self) -> bool:
+        """The line is being served: the pump task is alive (for /healthz)."""
+        return self._pump is not None and not self._pump.done() and not self._closing
 
     def begin(self) -> None:
         self._pump = asyncio.create_task(self._pump_loop(), name="fluxpaint-scheduler")

@@ -19,7 +19,7 @@ from bot.fal import FalQueueClient
 from bot.files import JobFiles
 from bot.intake import day_start, month_start, next_day
 from bot.library import LoraLibrary
-from bot.models import InpaintOptions, Job, JobState, Origin, Upload, utcnow
+from bot.models import InpaintOptions, Job, Origin, Upload, utcnow
 from bot.pipeline import JobPipeline
 from bot.progress import JobNotifier, history_text, usd
 from bot.scheduler import Scheduler
@@ -99,14 +99,7 @@ class JobService:
     async def start(self) -> None:
         """Resume every unfinished job from its saved state, then start the waiting line."""
         self._warn_if_unbounded()
-        resumed = 0
-        for job in await self.store.list_unfinished():
-            if job.state is JobState.ACCEPTED:
-                await self.pipeline.fail_interrupted_intake(job)
-            elif job.state is not JobState.WAITING:
-                self.scheduler.run(job)
-                resumed += 1
-        log.info("resumed %d job(s) at fal or in delivery", resumed)
+        await self.scheduler.resume()
         self.scheduler.begin()
         self._pruner = asyncio.create_task(self._prune_loop(), name="fluxpaint-prune")
         self._pruner.add_done_callback(self._log_end)

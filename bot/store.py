@@ -149,6 +149,14 @@ class JobStore:
             raise
         return cls(db, path, clock)
 
+    async def ping(self) -> None:
+        """One trivial query: the store answers (for /healthz).
+
+        Raises:
+            sqlite3.Error: it does not.
+        """
+        await self._scalar("SELECT 1")
+
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
