@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 import discord
@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 DISCORD_CONNECTIONS = 32  # kept alive and reused; the request budget, not the pool, sets the pace
-EXTENSIONS = ("cogs.inpaint", "cogs.buttons", "cogs.usage", "cogs.admin")
+EXTENSIONS = ("cogs.inpaint", "cogs.buttons", "cogs.iterate", "cogs.usage", "cogs.admin")
 
 
 def point_at(discord_settings: DiscordSettings) -> None:
@@ -59,6 +61,59 @@ async def answer_privately(interaction: discord.Interaction, work: Awaitable[str
         await interaction.followup.send(text, ephemeral=True)
     except discord.HTTPException as exc:
         log.warning("could not answer a component (%s %s)", exc.status, exc.code)
+
+
+async def refuse_privately(interaction: discord.Interaction, work: Awaitable[T]) -> T | None:
+    """A component's or a modal's checks before it is answered: a refusal goes to the member alone (ephemeral)
+    and gives None; nothing public is left."""
+    try:
+        return await work
+    except Exception as exc:
+        if not isinstance(exc, UserFacingError):
+            log.exception("component %s failed", interaction.data and interaction.data.get("custom_id"))
+        await reply_once(interaction, user_message(exc))
+        return None
+
+
+async def start_in_channel(
+    interaction: discord.Interaction,
+    *,
+    reference: discord.MessageReference | None,
+    intro: str,
+    begin: Callable[[int], Awaitable[object]],
+) -> None:
+    """Start a job whose reply is a new message of the bot's answering ``reference`` (SPEC 10): the clicker is
+    answered privately, the message is posted, and ``begin(message_id)`` makes the job. A refusal takes the message
+    away again and is told to the clicker alone."""
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    assert interaction.channel_id is not None
+    channel = interaction.client.get_partial_messageable(interaction.channel_id, guild_id=interaction.guild_id)
+    try:
+        mentions = discord.AllowedMentions.none()
+        reply = await (
+            channel.send(intro, reference=reference, mention_author=False, allowed_mentions=mentions)
+            if reference is not None
+            else channel.send(intro, allowed_mentions=mentions)
+        )
+    except discord.HTTPException as exc:
+        log.warning("could not post a new job's reply (%s %s)", exc.status, exc.code)
+        await reply_once(interaction, "I can't post in this channel, so I can't start a job here.")
+        return
+    try:
+        await begin(reply.id)
+    except Exception as exc:
+        if not isinstance(exc, UserFacingError):
+            log.exception("a job from %s could not start", interaction.data and interaction.data.get("custom_id"))
+        try:
+            await reply.delete()
+        except discord.HTTPException as gone:
+            log.warning("could not take back a refused job's reply (%s %s)", gone.status, gone.code)
+        await reply_once(interaction, user_message(exc))
+        return
+    try:
+        await interaction.edit_original_response(content=f"Started: {reply.jump_url}")
+    except discord.HTTPException as exc:
+        log.warning("could not tell the member where their job is (%s %s)", exc.status, exc.code)
 
 
 class FluxpaintTree(app_commands.CommandTree["FluxpaintBot"]):

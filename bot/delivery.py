@@ -4,6 +4,7 @@ its final text, never dropped; progress is ``bot.replies``. It never writes a jo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,7 +19,7 @@ from bot.files import JobFiles
 from bot.models import Job, OutputFormat, utcnow
 from bot.pacing import RequestBudget
 from bot.progress import DeliveryError, EmbedData, Reply, ResultFile, ResultPart
-from bot.replies import TOKEN_ERRORS, ReplyEditor, ReplyState, describe, to_embed, to_files
+from bot.replies import TOKEN_ERRORS, ReplyEditor, ReplyState, describe, reply_view, to_embed, to_files
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class DiscordNotifier(ReplyEditor):
         fitted, notes = await _fit(files, limit, job.options.output_format)
         if notes and reply.embed is not None:
             extra = "\n".join(f"ℹ️ {n}" for n in notes)
-            reply = Reply(content=reply.content, embed=_with_extra(reply.embed, extra))
+            reply = dataclasses.replace(reply, embed=_with_extra(reply.embed, extra))
         # No files at all (every image withheld): one part without files still shows the result and its note.
         groups = batches(fitted, max_bytes=self.max_request_bytes) or [[]]
         total = len(groups)
@@ -156,6 +157,11 @@ class DiscordNotifier(ReplyEditor):
             await self._in_window(editor)
             if await self._edit_reply(job, part.reply, files=files, final=True, via_channel=False):
                 return origin.message_id  # None only when the defer answer lacked it ("@original" was edited then)
+        elif origin.reply_via == "channel" and origin.message_id is not None:
+            # the bot's own message, answering the result it was made from: edited in place, as long as it lives
+            await self._in_window(editor)
+            if await self._edit_reply(job, part.reply, files=files, final=True):
+                return origin.message_id
         # Past the token's life (by our clock or by Discord's 401) the member would not notice an edit: post
         # anew and mention them once, whichever call found the token dead.
         found = await self._find_posted(job, part) if maybe_posted else None
@@ -218,6 +224,7 @@ class DiscordNotifier(ReplyEditor):
                 files=to_files(part),
                 allowed_mentions=mentions,
                 nonce=nonce,
+                view=reply_view(job.id, reply) or discord.utils.MISSING,
             )
             return job.origin.channel_id, sent.id
         except discord.Forbidden:
@@ -230,6 +237,7 @@ class DiscordNotifier(ReplyEditor):
                     files=to_files(part),
                     wait=True,
                     allowed_mentions=mentions,
+                    view=reply_view(job.id, reply) or discord.utils.MISSING,
                 )
                 return job.origin.channel_id, msg.id
             except discord.HTTPException as exc:

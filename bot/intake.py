@@ -270,12 +270,12 @@ class Intake:
             del mask_bytes
         await asyncio.to_thread(self.files.write, job.id, ORIGINAL_FILE, image_bytes)  # for the composite
         if source.kind != "words":
-            await self._keep(job, prepared)
+            await self.keep(job, prepared)
             return
         await asyncio.to_thread(self.files.write, job.id, SEGMENT_INPUT_FILE, found.image)
         job.width, job.height = found.width, found.height
         job.sent_width, job.sent_height = masks.sent_size(found.width, found.height, limits.max_megapixels, 0)
-        job.cost_estimate_usd = self._estimate(job, job.sent_width, job.sent_height)  # the most it can cost
+        job.cost_estimate_usd = self.estimate(job, job.sent_width, job.sent_height)  # the most it can cost
 
     async def mask_found(self, job: Job, segmentation: bytes) -> None:
         """Build the inpainting's inputs from fal's segmentation of the job's stored image (not saved here).
@@ -287,7 +287,7 @@ class Intake:
         source = masks.MaskSource("words", words=job.options.mask_prompt)
         async with self.image_slots:  # a full-size decode, as at the intake
             prepared = await asyncio.to_thread(self._prepare, job, original, segmentation, source, accepted=True)
-        await self._keep(job, prepared)
+        await self.keep(job, prepared)
 
     def _prepare(
         self, job: Job, image: bytes, mask: bytes | None, source: masks.MaskSource, *, accepted: bool = False
@@ -304,7 +304,7 @@ class Intake:
             accepted=accepted,
         )
 
-    async def _keep(self, job: Job, prepared: images.PreparedInput) -> None:
+    async def keep(self, job: Job, prepared: images.PreparedInput) -> None:
         job.input_mime = prepared.image_mime
         await asyncio.to_thread(self.files.write, job.id, input_file(job), prepared.image)
         await asyncio.to_thread(self.files.write, job.id, MASK_FILE, prepared.mask)
@@ -314,9 +314,9 @@ class Intake:
         job.sent_width, job.sent_height = prepared.sent_width, prepared.sent_height
         job.crop = prepared.crop
         job.notes = list(prepared.notes)
-        job.cost_estimate_usd = self._estimate(job, prepared.sent_width, prepared.sent_height)
+        job.cost_estimate_usd = self.estimate(job, prepared.sent_width, prepared.sent_height)
 
-    def _estimate(self, job: Job, width: int, height: int) -> float:
+    def estimate(self, job: Job, width: int, height: int) -> float:
         """The inpainting at the size sent, plus the segmentation when the mask comes from words."""
         cost = estimate_cost(self.settings.fal.price_per_megapixel, width, height, job.options.num_images)
         if job.options.mask_prompt is not None:

@@ -111,6 +111,9 @@ class Origin(BaseModel):
     upload_limit_bytes: int = 10 * 1024 * 1024
     role_ids: tuple[int, ...] = ()
     message_id: int | None = None  # the deferred reply; known from the defer answer or one GET of @original
+    # "channel": the reply is a message the bot posted itself (a job made from a result or a message replies to
+    # it), edited through the channel; the interaction token only answered the clicker privately
+    reply_via: Literal["interaction", "channel"] = "interaction"
 
 
 class Job(BaseModel):
@@ -129,6 +132,8 @@ class Job(BaseModel):
     # the style and LoRAs applied (SPEC 9): what fal receives instead of the member's own prompt, and the LoRAs
     fal_prompt: str | None = None
     loras: list[LoraUse] = Field(default_factory=list)
+    parent_job_id: str | None = None  # the result this job was made from (Reroll, Edit, Use; SPEC 10)
+    parent_message_id: int | None = None  # that result's message, which this job's reply answers
 
     # filled by validation
     width: int | None = None  # the input's size; results are delivered at this size

@@ -52,8 +52,36 @@ class JobPipeline(JobSteps):
         Raises:
             UserFacingError: the job was refused; nothing was submitted and nothing is charged.
         """
+        prepare = functools.partial(self.intake.prepare, image=image, mask=mask)
+        return await self._accept(options, origin, prepare, mask_file=mask is not None)
+
+    async def accept_from(
+        self,
+        options: InpaintOptions,
+        origin: Origin,
+        parent: Job,
+        parent_message_id: int | None,
+        prepare: Callable[[Job], Awaitable[None]],
+    ) -> Job:
+        """A job made from ``parent``'s result (SPEC 10), a full job like any other: ``prepare`` fills its inputs
+        from the job folders.
+
+        Raises:
+            UserFacingError: the job was refused; nothing was submitted and nothing is charged.
+        """
+        return await self._accept(options, origin, prepare, mask_file=True, parent=(parent, parent_message_id))
+
+    async def _accept(
+        self,
+        options: InpaintOptions,
+        origin: Origin,
+        prepare: Callable[[Job], Awaitable[None]],
+        *,
+        mask_file: bool,
+        parent: tuple[Job, int | None] | None = None,
+    ) -> Job:
         # again: things may have changed since the cog asked
-        options = await self.intake.check(options, origin, mask_file=mask is not None)
+        options = await self.intake.check(options, origin, mask_file=mask_file)
         resolved = await self.intake.resolve(options, origin)
         job = Job(
             origin=origin,
@@ -63,6 +91,8 @@ class JobPipeline(JobSteps):
                 LoraUse(path=weight.path, scale=weight.scale, label=label)
                 for weight, label in zip(resolved.loras, resolved.described, strict=True)
             ],
+            parent_job_id=parent[0].id if parent is not None else None,
+            parent_message_id=parent[1] if parent is not None else None,
         )
         if not await self.store.create(job, max_unfinished_per_user=self.settings.limits.max_jobs_per_user):
             raise RefusedError(self.intake.cap_text())
@@ -70,7 +100,7 @@ class JobPipeline(JobSteps):
         if self.settings.logging.log_prompts:
             log.info("job=%s prompt=%r", job.id, options.prompt)
         try:
-            await self.intake.prepare(job, image, mask)
+            await prepare(job)
             user_daily, guild_monthly = await self.intake.budgets(origin)
             now = self.clock()
             reason = await self.store.reserve(
@@ -390,6 +420,7 @@ class JobPipeline(JobSteps):
         if job.state is not JobState.DELIVERING:
             job = await self._save(job, JobState.DELIVERING)
         files: list[ResultFile] = []
+        shown: list[int] = []  # which results the message shows: each gets its Use button
         withheld = 0
         for index, name in enumerate(job.result_files):
             flagged = index < len(job.nsfw_flags) and job.nsfw_flags[index]
@@ -397,8 +428,10 @@ class JobPipeline(JobSteps):
                 withheld += 1
                 continue
             files.append(ResultFile(name, await asyncio.to_thread(self.files.read, job.id, name), spoiler=flagged))
+            shown.append(index + 1)
         elapsed = ((job.completed_at or self.clock()) - job.created_at).total_seconds()
-        parts = await self.notifier.plan(job, result_reply(job, elapsed_s=elapsed, withheld=withheld), files)
+        reply = result_reply(job, elapsed_s=elapsed, withheld=withheld, shown=shown)
+        parts = await self.notifier.plan(job, reply, files)
         deadline = self.clock() + timedelta(seconds=self.settings.fal.job_timeout_s)
         interrupted = job.posting_part  # the part being posted when the process died: it may be on Discord already
         for part in parts[job.delivered_parts :]:

@@ -42,6 +42,9 @@ class Reply:
     embed: EmbedData | None = None
     cancel_button: bool = False
     preview: str | None = None  # a picture of the mask over the image, by its file name in the job's folder
+    # a result's buttons (Reroll, Edit, Use k, Mask, Delete; SPEC 10): the numbers (1-based, in the job's result
+    # files) of the images the message shows, each with its Use button; None: no result buttons
+    result_buttons: tuple[int, ...] | None = None
     # Not part of what is seen: which step the job is at (a new one is shown at once, a new position may wait) and
     # how long a text that only moved a job's position may stay unshown.
     stage: str = field(default="", compare=False)
@@ -211,8 +214,11 @@ def progress_reply(
     )
 
 
-def result_reply(job: Job, *, elapsed_s: float, withheld: int, notes: Sequence[str] = ()) -> Reply:
-    """The final message: a compact embed with everything needed to reproduce the result."""
+def result_reply(
+    job: Job, *, elapsed_s: float, withheld: int, notes: Sequence[str] = (), shown: Sequence[int] = ()
+) -> Reply:
+    """The final message: a compact embed with everything needed to reproduce the result, and the buttons that
+    build on it (``shown``: the 1-based numbers of the result files posted)."""
     opts = job.options
     fields = [
         ("Seed", str(job.seed) if job.seed is not None else "unknown"),
@@ -227,6 +233,8 @@ def result_reply(job: Job, *, elapsed_s: float, withheld: int, notes: Sequence[s
         fields.append(("Style", member_text(opts.style)))
     if job.loras:
         fields.append(("LoRAs", "\n".join(member_text(lora.label) for lora in job.loras)[:1024]))
+    if job.parent_job_id is not None:
+        fields.append(("From", from_text(job)))
     extra = list(job.notes) + list(notes)
     if withheld:
         noun = "image was" if withheld == 1 else "images were"
@@ -244,7 +252,20 @@ def result_reply(job: Job, *, elapsed_s: float, withheld: int, notes: Sequence[s
         fields=tuple(fields),
         footer=f"job {job.id}",
     )
-    return Reply(content="", embed=embed)
+    return Reply(content="", embed=embed, result_buttons=tuple(shown))
+
+
+def message_link(guild_id: int | None, channel_id: int, message_id: int) -> str:
+    return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
+
+
+def from_text(job: Job) -> str:
+    """ "from job …", linked to the result it was made from when that message is known."""
+    assert job.parent_job_id is not None
+    text = f"job {job.parent_job_id[:8]}"
+    if job.parent_message_id is not None:
+        return f"[{text}]({message_link(job.origin.guild_id, job.origin.channel_id, job.parent_message_id)})"
+    return text
 
 
 HISTORY_STATES = {

@@ -25,6 +25,7 @@ from bot.models import Job, utcnow
 from bot.pacing import Priority, RequestBudget, SlidingWindow, edit_window, prepaid, request_priority
 from bot.progress import EmbedData, Reply, ResultFile
 from cogs.buttons import CancelButton
+from cogs.iterate import result_view
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,16 @@ def to_embed(data: EmbedData) -> discord.Embed:
     return embed
 
 
-def cancel_view(job_id: str) -> discord.ui.View:
-    view = discord.ui.View(timeout=None)
-    view.add_item(CancelButton(job_id))  # the one definition; its clicks are handled statelessly after restarts
-    return view
+def reply_view(job_id: str, reply: Reply) -> discord.ui.View | None:
+    """The reply's buttons: Cancel while the job runs, the result's buttons once it is done (one definition of
+    each, in ``cogs``; their clicks are handled statelessly, so they work after restarts)."""
+    if reply.cancel_button:
+        view = discord.ui.View(timeout=None)
+        view.add_item(CancelButton(job_id))
+        return view
+    if reply.result_buttons is not None:
+        return result_view(job_id, reply.result_buttons)
+    return None
 
 
 def to_files(files: Sequence[ResultFile]) -> list[discord.File]:
@@ -110,7 +117,7 @@ class ReplyEditor:
     # routing
 
     def _token_usable(self, job: Job) -> bool:
-        if job.id in self._dead_tokens:
+        if job.origin.reply_via == "channel" or job.id in self._dead_tokens:
             return False
         return self.now() < job.origin.token_expires_at - timedelta(seconds=self.ui.token_margin_s)
 
@@ -138,7 +145,7 @@ class ReplyEditor:
             return {
                 "content": reply.content or None,
                 "embed": to_embed(reply.embed) if reply.embed else None,
-                "view": cancel_view(job.id) if reply.cancel_button else None,
+                "view": reply_view(job.id, reply),
                 "attachments": to_files(files) if replace_files else discord.utils.MISSING,
             }
 

@@ -4,9 +4,11 @@ pipeline and the line; free of Discord types. A job's own path is in ``bot.pipel
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import aiohttp
@@ -14,10 +16,11 @@ import aiohttp
 from bot.admin import GuildAdmin
 from bot.cancel import CancelResult, JobCanceller
 from bot.config import Settings
-from bot.errors import RefusedError
+from bot.errors import InputError, RefusedError
 from bot.fal import FalQueueClient
 from bot.files import JobFiles
 from bot.intake import day_start, month_start, next_day
+from bot.iterate import EditValues, Iterations, Verb, derived_options, edit_defaults
 from bot.library import LoraLibrary
 from bot.models import InpaintOptions, Job, Origin, Upload, utcnow
 from bot.pipeline import JobPipeline
@@ -33,7 +36,18 @@ PRUNE_RETRY_S = 60.0
 CHECKED_TTL_S = 30.0  # a checked command whose job never arrived (its acknowledgement failed) stops counting
 CHECK_BUDGET_S = 1.5  # of Discord's 3 s to acknowledge a command, what the private checks may take
 
-__all__ = ["CancelResult", "JobService"]
+__all__ = ["CancelResult", "Draft", "JobService"]
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A job to be made from a result, checked as far as it can be without reading files."""
+
+    source: Job
+    verb: Verb
+    options: InpaintOptions
+    index: int | None  # Use k: the 0-based result file of the source
+    message_id: int | None  # the result's message the click came from: the new job's reply answers it
 
 
 async def repeat(
@@ -85,6 +99,7 @@ class JobService:
             clock=clock,
         )
         self.canceller = JobCanceller(self.pipeline)
+        self.iterations = Iterations(settings=settings, store=store, files=files, intake=self.pipeline.intake)
         self.scheduler = Scheduler(
             store=store, pipeline=self.pipeline, max_concurrent=settings.fal.max_concurrent, clock=clock
         )
@@ -193,6 +208,87 @@ class JobService:
         job = await self.pipeline.accept(options, origin, image, mask)
         self.scheduler.wake()
         return job
+
+    # building on a result (SPEC 10): a full job, checked and paid for like a slash command
+
+    async def iteration_source(self, job_id: str, verb: Verb, *, user_id: int, index: int | None = None) -> Job:
+        """The result a button names, if the member may build on it (for the Edit modal's prefill).
+
+        Raises:
+            UserFacingError: the job or its files are gone, or ``ui.iterate_by`` keeps it to its requester.
+        """
+        return await self.iterations.source(job_id, user_id=user_id, verb=verb, index=index)
+
+    def edit_defaults(self, job: Job) -> EditValues:
+        return edit_defaults(job)
+
+    async def draft(
+        self,
+        job_id: str,
+        verb: Verb,
+        origin: Origin,
+        *,
+        index: int | None = None,
+        values: EditValues | None = None,
+        message_id: int | None = None,
+    ) -> Draft:
+        """Every check that needs no file, so the cog can refuse privately before anything is public.
+
+        Raises:
+            UserFacingError: the member may not make this job now; nothing was stored.
+        """
+        source = await self.iterations.source(job_id, user_id=origin.user_id, verb=verb, index=index)
+        options = derived_options(source, verb, values)
+        await self.check(options, origin, mask_file=True)
+        message_id = message_id or next(iter(source.delivered_message_ids), None)
+        return Draft(source=source, verb=verb, options=options, index=index, message_id=message_id)
+
+    async def accept_draft(self, draft: Draft, origin: Origin) -> Job:
+        """Make the job: its inputs come from the source's folder, never from Discord.
+
+        Raises:
+            UserFacingError: the job was refused; nothing was submitted and nothing is charged.
+        """
+        if not self._accepting:
+            raise RefusedError("The bot is restarting; please try again in a minute.")
+        self._forget_checked((origin.guild_id, origin.user_id))
+        if draft.verb is Verb.USE:
+            assert draft.index is not None
+            prepare = functools.partial(self.iterations.use_result, source=draft.source, index=draft.index)
+        else:
+            prepare = functools.partial(self.iterations.copy_inputs, source=draft.source)
+        job = await self.pipeline.accept_from(draft.options, origin, draft.source, draft.message_id, prepare)
+        log.info(
+            "job=%s guild=%s user=%s made from job=%s (%s)",
+            job.id,
+            origin.guild_id,
+            origin.user_id,
+            draft.source.id,
+            draft.verb.value,
+        )
+        self.scheduler.wake()
+        return job
+
+    async def mask_picture(self, job_id: str) -> bytes:
+        """The mask over the image, as the job's reply showed it (the Mask button).
+
+        Raises:
+            InputError: the job or the picture is gone.
+        """
+        return await self.iterations.mask_picture(job_id)
+
+    async def deletable_messages(self, job_id: str, *, user_id: int, can_manage: bool) -> list[int]:
+        """The result's messages, if this member may delete them: its requester, or a moderator.
+
+        Raises:
+            RefusedError: anyone else; InputError: the job is gone.
+        """
+        job = await self.store.get(job_id)
+        if job is None:
+            raise InputError("This result's job is no longer stored; a moderator can delete the message.")
+        if user_id != job.origin.user_id and not can_manage:
+            raise RefusedError("Only the member who made this result, or someone with Manage Messages, can delete it.")
+        return list(job.delivered_message_ids)
 
     async def cancel(self, job_id: str, *, user_id: int, can_manage: bool) -> CancelResult:
         """Cancel a job for its requester or a moderator; fal's answer decides the outcome."""

@@ -17,7 +17,7 @@ from bot.service import JobService
 MAX_PAGES = 10  # /loras answers with at most this many ephemeral messages; the option's search finds the rest
 
 
-def _origin(interaction: discord.Interaction, message_id: int | None, token_ttl_s: float) -> Origin:
+def origin_of(interaction: discord.Interaction, message_id: int | None, token_ttl_s: float) -> Origin:
     channel = interaction.channel
     nsfw = bool(getattr(channel, "is_nsfw", lambda: False)())
     roles = tuple(r.id for r in getattr(interaction.user, "roles", ()))
@@ -38,7 +38,7 @@ def _origin(interaction: discord.Interaction, message_id: int | None, token_ttl_
     )
 
 
-def _upload(attachment: discord.Attachment) -> Upload:
+def upload_of(attachment: discord.Attachment) -> Upload:
     return Upload(
         url=attachment.url, filename=attachment.filename, size=attachment.size, content_type=attachment.content_type
     )
@@ -129,13 +129,13 @@ class Inpaint(commands.Cog):
         options = InpaintOptions(**{name: value for name, value in chosen.items() if name in given})
         ttl_s = self.service.settings.ui.token_ttl_s
         # Refusals that need no download are answered privately (the tree's on_error), before anything is public.
-        await self.service.check(options, _origin(interaction, None, ttl_s), mask_file=mask is not None)
+        await self.service.check(options, origin_of(interaction, None, ttl_s), mask_file=mask is not None)
         callback = await interaction.response.defer(thinking=True)  # within the 3 s deadline, before any download
         message_id = callback.message_id if callback is not None else None
         if message_id is None:
             message_id = (await interaction.original_response()).id
-        origin = _origin(interaction, message_id, ttl_s)
-        await self.service.accept(options, origin, _upload(image), _upload(mask) if mask else None)
+        origin = origin_of(interaction, message_id, ttl_s)
+        await self.service.accept(options, origin, upload_of(image), upload_of(mask) if mask else None)
 
     @inpaint.autocomplete("style")
     async def _styles(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:

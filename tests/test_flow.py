@@ -62,7 +62,8 @@ async def test_happy_path_shows_positions_and_posts_images(make_rig: MakeRig) ->
         assert image.format == "PNG" and image.size == (600, 400)
     text = visible_text(final)
     assert "a latte art heart" in text and "Seed" in text and "Est. cost" in text
-    assert final.components == []  # no Cancel button on a finished job
+    ids = final.custom_ids()  # no Cancel button on a finished job: the result's own buttons instead
+    assert not [i for i in ids if i.startswith("fp:cancel:")] and len([i for i in ids if i.startswith("fp:use:")]) == 2
 
     assert len(rig.fal.submits) == 1
     submitted = rig.fal.submits[0]
@@ -393,5 +394,6 @@ async def test_when_every_image_is_withheld_the_reply_still_says_so(make_rig: Ma
     rig = await make_rig(fal={"nsfw": [True]})
     interaction = await rig.inpaint(COFFEE, COFFEE_MASK)
     final = await rig.wait_text(interaction, "1 image was withheld")
-    assert final.attachments == [] and final.components == [] and "Inpainted" in visible_text(final)
+    assert final.attachments == [] and "Inpainted" in visible_text(final)
+    assert not [i for i in final.custom_ids() if i.startswith(("fp:use:", "fp:cancel:"))]  # nothing to build on
     assert len(rig.fal.submits) == 1

@@ -263,6 +263,7 @@ class FakeMessage:
     nonce: str | int | None = None
     webhook_id: int | None = None
     interaction_metadata: dict[str, Any] | None = None
+    message_reference: dict[str, Any] | None = None  # a reply: the message it answers (type 19)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     edited_at: datetime | None = None
     deleted: bool = False
@@ -309,6 +310,8 @@ class FakeMessage:
             out["webhook_id"] = out["application_id"] = str(self.webhook_id)
         if self.interaction_metadata is not None:
             out["interaction_metadata"] = self.interaction_metadata
+        if self.message_reference is not None:
+            out["message_reference"] = self.message_reference
         return out
 
 
@@ -825,25 +828,96 @@ class FakeDiscord:
             data["values"] = values
         return await self._interact(3, user, msg.channel_id, data, source=msg)
 
-    async def submit_modal(self, opened_by: FakeInteraction, values: dict[str, str]) -> FakeInteraction:
-        """Fill in and submit the modal that ``opened_by`` answered with (callback type 9)."""
+    async def submit_modal(
+        self,
+        opened_by: FakeInteraction,
+        values: dict[str, str],
+        *,
+        files: dict[str, list[tuple[str, bytes, str | None]]] | None = None,
+    ) -> FakeInteraction:
+        """Fill in and submit the modal that ``opened_by`` answered with (callback type 9): text inputs keep their
+        prefilled value unless ``values`` names them; ``files`` uploads into file upload components (type 19),
+        sent as attachment ids with the attachments in ``resolved``. What the client enforces is checked first
+        (required fields, lengths, the number of files)."""
         if opened_by.modal is None:
             raise InvocationError("that interaction did not open a modal")
+        resolved: dict[str, Any] = {}
 
         def fill(comp: dict[str, Any]) -> dict[str, Any]:
             if "components" in comp:
                 return {"type": comp["type"], "components": [fill(c) for c in comp["components"]]}
             if "component" in comp:
-                return {"type": comp["type"], "component": fill(comp["component"])}
+                return {"type": comp["type"], "id": comp.get("id"), "component": fill(comp["component"])}
             cid = str(comp.get("custom_id"))
-            return {"type": comp["type"], "custom_id": cid, "value": values.get(cid, comp.get("value") or "")}
+            if comp["type"] == 19:
+                chosen = (files or {}).get(cid, [])
+                low, high = comp.get("min_values") or 0, comp.get("max_values") or 1
+                if comp.get("required", True) and not chosen or not (low <= len(chosen) <= high):
+                    raise InvocationError(f"file upload {cid!r} takes {low} to {high} files, not {len(chosen)}")
+                ids = []
+                for upload in chosen:
+                    stored = self._new_attachment(Upload(*upload), ephemeral=True)
+                    self.attachments[stored.id] = stored
+                    resolved.setdefault("attachments", {})[str(stored.id)] = stored.to_dict()
+                    ids.append(str(stored.id))
+                return {"type": 19, "custom_id": cid, "values": ids}
+            value = values.get(cid, comp.get("value") or "")
+            if comp.get("required", True) and not value:
+                raise InvocationError(f"text input {cid!r} is required")
+            if len(value) > (comp.get("max_length") or 4000) or len(value) < (comp.get("min_length") or 0):
+                raise InvocationError(f"text input {cid!r} takes at most {comp.get('max_length')} characters")
+            return {"type": comp["type"], "custom_id": cid, "value": value}
 
-        data = {
+        data: dict[str, Any] = {
             "custom_id": opened_by.modal["custom_id"],
             "components": [fill(c) for c in opened_by.modal["components"]],
         }
+        if resolved:
+            data["resolved"] = resolved
         source = self.messages.get(opened_by.source_message_id or 0)
         return await self._interact(5, opened_by.user, opened_by.channel_id, data, source=source)
+
+    def post_as(
+        self,
+        user: str,
+        content: str = "",
+        *,
+        channel: str = "general",
+        attachments: list[tuple[str, bytes, str | None]] = (),  # type: ignore[assignment]
+    ) -> FakeMessage:
+        """A member's own message in a channel (with images, for the message command)."""
+        cid = self.channel_id(channel)
+        message = FakeMessage(
+            id=self._new_id(), channel_id=cid, guild_id=self.guild_id, author=self.users[user], content=content
+        )
+        for filename, blob, content_type in attachments:
+            stored = self._new_attachment(Upload(filename, blob, content_type), ephemeral=False)
+            self.attachments[stored.id] = stored
+            message.attachments.append(stored)
+        self.messages[message.id] = message
+        return message
+
+    async def message_command(self, name: str, message_id: int, *, user: str = "alice") -> FakeInteraction:
+        """Run the message command ``name`` (a message's Apps menu) on a message, as Discord sends it: data type 3
+        with ``target_id`` and the message in ``resolved.messages``."""
+        command = next(
+            (c for scope in (self.guild_id, None) for c in self.commands.get(scope, [])
+             if c["name"] == name and c.get("type") == 3),
+            None,
+        )
+        if command is None:
+            raise InvocationError(f"no message command {name!r} is synced")
+        msg = self.messages.get(message_id)
+        if msg is None or msg.deleted:
+            raise InvocationError(f"message {message_id} does not exist")
+        self._check_invocation(command, [], [], user, msg.channel_id)
+        data: dict[str, Any] = {
+            "id": command["id"], "name": name, "type": 3, "target_id": str(message_id),
+            "resolved": {"messages": {str(message_id): msg.to_dict()}},
+        }
+        if command.get("guild_id"):
+            data["guild_id"] = str(self.guild_id)
+        return await self._interact(2, user, msg.channel_id, data)
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
         """Send a gateway event to every connected bot."""
@@ -1166,6 +1240,7 @@ class FakeDiscord:
         stored = []
         for command in body:
             entry = {**command, "type": command.get("type") or 1, "application_id": str(self.application_id)}
+            entry.setdefault("description", "")  # user and message commands have none; Discord answers ""
             entry["id"] = old.get(command["name"], {}).get("id", str(self._new_id()))
             entry["version"] = str(self._new_id())
             perms = command.get("default_member_permissions")
@@ -1329,7 +1404,19 @@ class FakeDiscord:
         nonce = payload.get("nonce")
         if payload.get("enforce_nonce") and nonce is not None and (cid, str(nonce)) in self._nonces:
             return json_response(self.messages[self._nonces[cid, str(nonce)]].to_dict())
+        reference = payload.get("message_reference")
+        if isinstance(reference, dict):
+            target = self.messages.get(int(reference["message_id"]))
+            exists = target is not None and not target.deleted and target.channel_id == cid
+            if not exists and reference.get("fail_if_not_exists", True):
+                raise invalid_form("message_reference", "Unknown message", "MESSAGE_REFERENCE_UNKNOWN_MESSAGE")
         message = self._create_message(cid, payload, uploads, interaction=None)
+        if isinstance(reference, dict) and exists:
+            message.type = 19  # REPLY
+            message.message_reference = {
+                "type": 0, "message_id": str(reference["message_id"]), "channel_id": str(cid),
+                "guild_id": str(self.guild_id),
+            }
         if nonce is not None:
             message.nonce = nonce
             self._nonces[cid, str(nonce)] = message.id

@@ -53,6 +53,10 @@ def discord_spec() -> dict[str, Any]:
     mentions = schemas["MessageAllowedMentionsRequest"]["properties"]
     for key in ("users", "roles"):
         mentions[key]["items"] = {"anyOf": [mentions[key]["items"], {"type": "integer", "minimum": 0}]}
+    # and the same for a reply's reference: discord.py's MessageReference.to_dict() sends its ids as numbers
+    reference = schemas["MessageReferenceRequest"]["properties"]
+    for key in ("message_id", "channel_id", "guild_id"):
+        reference[key] = {"anyOf": [reference[key], {"type": "integer", "minimum": 0}]}
     # stricter in the docs: message content at most 2000 characters (the spec allows 4000 on the channel routes),
     # and an embed field's name and value may not be empty
     for name in ("MessageCreateRequest", "MessageEditRequestPartial"):
