@@ -267,6 +267,7 @@ class Iterate(commands.Cog):
         self.bot = bot
         self.menu = app_commands.ContextMenu(name="Inpaint this image", callback=self.inpaint_message)
         self.menu.guild_only = True
+        self.menu.allowed_contexts = app_commands.AppCommandContext(guild=True)
         # the image of each open "Inpaint this image" form, by the message it was opened on: the form's answer
         # does not carry it, and the bot may not read other members' messages afterwards (message content intent)
         self._picked: OrderedDict[int, tuple[float, Upload]] = OrderedDict()

@@ -852,7 +852,7 @@ class FakeDiscord:
             if comp["type"] == 19:
                 chosen = (files or {}).get(cid, [])
                 low, high = comp.get("min_values") or 0, comp.get("max_values") or 1
-                if comp.get("required", True) and not chosen or not (low <= len(chosen) <= high):
+                if (comp.get("required", True) and not chosen) or not (low <= len(chosen) <= high):
                     raise InvocationError(f"file upload {cid!r} takes {low} to {high} files, not {len(chosen)}")
                 ids = []
                 for upload in chosen:
@@ -901,8 +901,12 @@ class FakeDiscord:
         """Run the message command ``name`` (a message's Apps menu) on a message, as Discord sends it: data type 3
         with ``target_id`` and the message in ``resolved.messages``."""
         command = next(
-            (c for scope in (self.guild_id, None) for c in self.commands.get(scope, [])
-             if c["name"] == name and c.get("type") == 3),
+            (
+                c
+                for scope in (self.guild_id, None)
+                for c in self.commands.get(scope, [])
+                if c["name"] == name and c.get("type") == 3
+            ),
             None,
         )
         if command is None:
@@ -912,7 +916,10 @@ class FakeDiscord:
             raise InvocationError(f"message {message_id} does not exist")
         self._check_invocation(command, [], [], user, msg.channel_id)
         data: dict[str, Any] = {
-            "id": command["id"], "name": name, "type": 3, "target_id": str(message_id),
+            "id": command["id"],
+            "name": name,
+            "type": 3,
+            "target_id": str(message_id),
             "resolved": {"messages": {str(message_id): msg.to_dict()}},
         }
         if command.get("guild_id"):
@@ -1414,7 +1421,9 @@ class FakeDiscord:
         if isinstance(reference, dict) and exists:
             message.type = 19  # REPLY
             message.message_reference = {
-                "type": 0, "message_id": str(reference["message_id"]), "channel_id": str(cid),
+                "type": 0,
+                "message_id": str(reference["message_id"]),
+                "channel_id": str(cid),
                 "guild_id": str(self.guild_id),
             }
         if nonce is not None:
