@@ -234,3 +234,19 @@ async def test_history_shows_a_reroll_beside_its_source(make_rig: MakeRig) -> No
     text = await answer_to(rig, await rig.discord.slash("history"))
     lines = text.splitlines()
     assert len(lines) == 2 and "a red hat" in lines[0] and "a red hat" in lines[1], text
+
+
+@pytest.mark.parametrize("iterate_by", ["anyone", "requester"])
+@pytest.mark.parametrize("verb", ["edit", "use"])
+async def test_edit_and_use_follow_ui_iterate_by(make_rig: MakeRig, iterate_by: str, verb: str) -> None:
+    rig = await make_rig(ui={"iterate_by": iterate_by})
+    result = await finished_result(rig)
+
+    for user in ("bob", "alice"):
+        click = await rig.discord.click(result.id, custom_id(result, verb), user=user)
+        await rig.discord.wait_for(lambda c=click: c.modal is not None or c.original() is not None)  # type: ignore[misc]
+        refused = iterate_by == "requester" and user == "bob"
+        assert (click.modal is None) == refused
+        if refused:
+            assert f"can {verb} it" in await answer_to(rig, click)
+    assert len(rig.fal.submits) == 1
