@@ -20,6 +20,7 @@ from bench import (
     first_response,
     flood,
     memory,
+    paint_page,
     status_calls,
     uploads,
 )
@@ -46,6 +47,7 @@ BENCHES: dict[str, Bench] = {
     "burst": Bench("200 commands in one burst by three members", burst.run, MINIMAL_BASELINE),
     "composite": Bench("Crop and composite of a 12 MP photo", composite.run, composite.BASELINE),
     "autocomplete": Bench("LoRA autocomplete over 500 catalog entries", autocomplete.run, NO_BASELINE),
+    "paint_page": Bench("The mask painter's page in headless Chromium", paint_page.run, NO_BASELINE),
 }
 
 

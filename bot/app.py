@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DISCORD_CONNECTIONS = 32  # kept alive and reused; the request budget, not the pool, sets the pace
-EXTENSIONS = ("cogs.inpaint", "cogs.buttons", "cogs.iterate", "cogs.usage", "cogs.admin")
+EXTENSIONS = ("cogs.inpaint", "cogs.buttons", "cogs.iterate", "cogs.paint", "cogs.usage", "cogs.admin")
 
 
 def point_at(discord_settings: DiscordSettings) -> None:
@@ -80,8 +80,8 @@ async def start_in_channel(
     *,
     reference: discord.MessageReference | None,
     intro: str,
-    begin: Callable[[int], Awaitable[object]],
-) -> None:
+    begin: Callable[[int], Awaitable[T]],
+) -> T | None:
     """Start a job whose reply is a new message of the bot's answering ``reference`` (SPEC 10): the clicker is
     answered privately, the message is posted, and ``begin(message_id)`` makes the job. A refusal takes the message
     away again and is told to the clicker alone."""
@@ -98,9 +98,9 @@ async def start_in_channel(
     except discord.HTTPException as exc:
         log.warning("could not post a new job's reply (%s %s)", exc.status, exc.code)
         await reply_once(interaction, "I can't post in this channel, so I can't start a job here.")
-        return
+        return None
     try:
-        await begin(reply.id)
+        started = await begin(reply.id)
     except Exception as exc:
         if not isinstance(exc, UserFacingError):
             log.exception("a job from %s could not start", interaction.data and interaction.data.get("custom_id"))
@@ -109,11 +109,12 @@ async def start_in_channel(
         except discord.HTTPException as gone:
             log.warning("could not take back a refused job's reply (%s %s)", gone.status, gone.code)
         await reply_once(interaction, user_message(exc))
-        return
+        return None
     try:
         await interaction.edit_original_response(content=f"Started: {reply.jump_url}")
     except discord.HTTPException as exc:
         log.warning("could not tell the member where their job is (%s %s)", exc.status, exc.code)
+    return started
 
 
 class FluxpaintTree(app_commands.CommandTree["FluxpaintBot"]):

@@ -39,6 +39,13 @@ class JobCanceller:
             return CancelResult("Only the member who started this job or a moderator can cancel it.", cancelled=False)
         if job.state.finished:
             return CancelResult(f"This job has already ended ({job.state.value}).", cancelled=False)
+        if job.state is JobState.PAINTING:
+            note = "Cancelled before a mask was painted; nothing was charged."
+            try:
+                await self.pipeline.end_cancelled(job, user_id, note)
+            except StaleJobError:
+                return await self._cancel(job_id, user_id=user_id, can_manage=can_manage)
+            return CancelResult(note, cancelled=True)
         if job.state is JobState.WAITING:
             note = (
                 "Cancelled before the inpainting reached fal; only the mask search was charged."

@@ -90,6 +90,30 @@ def _accepted(limits: LimitSettings) -> LimitSettings:
     return limits.model_copy(update={"max_input_bytes": 2**62, "max_decode_pixels": 2**62})
 
 
+class NoMaskError(ImageError):
+    """No mask source at all, and an image without transparency: nothing says what to repaint."""
+
+
+PAINT_MAX_SIDE = 2048  # the picture the mask painter shows: enough to paint on a phone; its mask is scaled up
+
+
+def paint_canvas(image: bytes, *, limits: LimitSettings) -> tuple[bytes, int, int]:
+    """The member's image as the mask painter shows it (oriented, RGB, its long side at most PAINT_MAX_SIDE: the
+    same aspect, so the painted mask is resized to the image like any mask file; SPEC 3), and the image's size.
+
+    Raises:
+        ImageError: the image cannot be used.
+    """
+    _, picture, _ = _member_image(image, limits)
+    width, height = picture.size
+    scale = min(1.0, PAINT_MAX_SIDE / max(picture.size))
+    if scale < 1:
+        picture = picture.resize(
+            (max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), Image.Resampling.LANCZOS
+        )
+    return _encode(picture, "jpeg", quality=90), width, height
+
+
 def _member_image(image: bytes, limits: LimitSettings) -> tuple[Decoded, Image.Image, Image.Image | None]:
     """The member's image decoded as prepare and finish_output both read it: RGB, oriented, and its alpha.
 
@@ -128,7 +152,7 @@ def _repaint(
     if source.kind == "alpha":
         repaint = alpha.point([255 if a < ALPHA_OPAQUE else 0 for a in range(256)]) if alpha is not None else None
         if repaint is None or repaint.histogram()[255] == 0:
-            raise ImageError(
+            raise NoMaskError(
                 "No mask was given and the image has no transparent areas. Attach a mask (white = repaint, "
                 "black = keep) or erase the area to repaint to transparency in your image."
             )

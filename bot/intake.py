@@ -27,6 +27,11 @@ MASK_FILE = "mask.png"  # the mask fal receives: of the crop, at the size sent
 FULL_MASK_FILE = "full-mask.png"  # the mask at the input's size, after invert and grow: where the result goes
 ORIGINAL_FILE = "original"  # the member's image as uploaded: the composite's base
 SEGMENT_INPUT_FILE = "segment-input.jpg"  # what fal's segmentation model receives (mask_prompt)
+PAINT_FILE = "paint.jpg"  # what the mask painter shows (SPEC 12)
+
+
+class PaintNeeded(Exception):
+    """No mask source and no transparency, and the painter is on: the job waits for a painted mask."""
 
 
 def day_start(now: datetime) -> datetime:
@@ -263,10 +268,18 @@ class Intake:
         async with self.image_slots:
             image_bytes = await self._download(image, "image")
             mask_bytes = await self._download(mask, "mask") if mask is not None else None
-            if source.kind == "words":
-                found = await asyncio.to_thread(images.prepare_for_segmentation, image_bytes, limits=limits)
-            else:
-                prepared = await asyncio.to_thread(self._prepare, job, image_bytes, mask_bytes, source)
+            try:
+                if source.kind == "words":
+                    found = await asyncio.to_thread(images.prepare_for_segmentation, image_bytes, limits=limits)
+                else:
+                    prepared = await asyncio.to_thread(self._prepare, job, image_bytes, mask_bytes, source)
+            except images.NoMaskError:
+                if not self.settings.web.enabled:
+                    raise
+                canvas, job.width, job.height = await asyncio.to_thread(images.paint_canvas, image_bytes, limits=limits)
+                await asyncio.to_thread(self.files.write, job.id, ORIGINAL_FILE, image_bytes)
+                await asyncio.to_thread(self.files.write, job.id, PAINT_FILE, canvas)
+                raise PaintNeeded() from None
             del mask_bytes
         await asyncio.to_thread(self.files.write, job.id, ORIGINAL_FILE, image_bytes)  # for the composite
         if source.kind != "words":
@@ -276,6 +289,19 @@ class Intake:
         job.width, job.height = found.width, found.height
         job.sent_width, job.sent_height = masks.sent_size(found.width, found.height, limits.max_megapixels, 0)
         job.cost_estimate_usd = self.estimate(job, job.sent_width, job.sent_height)  # the most it can cost
+
+    async def mask_painted(self, job: Job, mask: bytes) -> None:
+        """Build the inpainting's inputs from the mask painted in the web page (not saved here).
+
+        Raises:
+            InputError: the mask cannot be read, has another shape, or selects nothing.
+        """
+        original = await asyncio.to_thread(self.files.read, job.id, ORIGINAL_FILE)
+        async with self.image_slots:
+            prepared = await asyncio.to_thread(
+                self._prepare, job, original, mask, masks.MaskSource("file"), accepted=True
+            )
+        await self.keep(job, prepared)
 
     async def mask_found(self, job: Job, segmentation: bytes) -> None:
         """Build the inpainting's inputs from fal's segmentation of the job's stored image (not saved here).

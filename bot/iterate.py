@@ -15,7 +15,7 @@ from bot import images, masks
 from bot.config import Settings
 from bot.errors import InputError, RefusedError
 from bot.files import PREVIEW_FILE, JobFiles
-from bot.intake import FULL_MASK_FILE, MASK_FILE, ORIGINAL_FILE, Intake, input_file
+from bot.intake import FULL_MASK_FILE, MASK_FILE, ORIGINAL_FILE, PAINT_FILE, Intake, PaintNeeded, input_file
 from bot.models import InpaintOptions, Job, JobState
 from bot.store import JobStore
 
@@ -29,6 +29,7 @@ class Verb(StrEnum):
     REROLL = "reroll"
     EDIT = "edit"
     USE = "use"
+    REPAINT = "repaint"  # a new mask painted on result k (SPEC 12)
 
 
 class EditValues(BaseModel):
@@ -98,7 +99,7 @@ def derived_options(source: Job, verb: Verb, values: EditValues | None) -> Inpai
         "invert_mask": False,  # the kept mask is already inverted and grown
         "mask_grow": 0,
     }
-    if verb is Verb.REROLL:
+    if verb in (Verb.REROLL, Verb.REPAINT):
         update["seed"] = new_seed(source.seed)
     else:
         assert values is not None
@@ -179,6 +180,18 @@ class Iterations:
         job.notes = list(source.notes)
         assert job.sent_width is not None and job.sent_height is not None
         job.cost_estimate_usd = self.intake.estimate(job, job.sent_width, job.sent_height)
+
+    async def paint_on_result(self, job: Job, source: Job, index: int) -> None:
+        """Result ``index`` as the new image, its mask to be painted (Repaint).
+
+        Raises:
+            PaintNeeded: always, once the image is kept: the job waits for its mask.
+        """
+        image = await asyncio.to_thread(self.files.read, source.id, source.result_files[index])
+        canvas, job.width, job.height = await asyncio.to_thread(images.paint_canvas, image, limits=self.settings.limits)
+        await asyncio.to_thread(self.files.write, job.id, ORIGINAL_FILE, image)
+        await asyncio.to_thread(self.files.write, job.id, PAINT_FILE, canvas)
+        raise PaintNeeded()
 
     async def use_result(self, job: Job, source: Job, index: int) -> None:
         """Result ``index`` of the source at full size as the new image, under the source's mask (Use k).

@@ -23,6 +23,7 @@ def utcnow() -> datetime:
 
 class JobState(StrEnum):
     ACCEPTED = "accepted"  # row written at acknowledge; inputs not yet validated
+    PAINTING = "painting"  # the image is kept; the member paints the mask in the web page (SPEC 12); not charged
     WAITING = "waiting"  # validated, inputs on disk, in this bot's line
     SEGMENTING = "segmenting"  # the mask is asked of fal's segmentation model (mask_prompt): never re-sent on resume
     SUBMITTING = "submitting"  # a submit may be on the wire: never re-sent on resume
@@ -134,6 +135,7 @@ class Job(BaseModel):
     loras: list[LoraUse] = Field(default_factory=list)
     parent_job_id: str | None = None  # the result this job was made from (Reroll, Edit, Use; SPEC 10)
     parent_message_id: int | None = None  # that result's message, which this job's reply answers
+    paint_expires_at: datetime | None = None  # PAINTING: the job ends unless a mask is painted before this
 
     # filled by validation
     width: int | None = None  # the input's size; results are delivered at this size

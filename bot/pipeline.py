@@ -22,6 +22,7 @@ from bot.fal_models import (
     SegmentOutput,
 )
 from bot.intake import (
+    PaintNeeded,
     day_start,
     month_start,
     result_file,
@@ -38,6 +39,12 @@ from bot.progress import (
 from bot.store_schema import StaleJobError
 
 log = logging.getLogger(__name__)
+
+PAINT_EXPIRED = "The link to paint the mask expired before a mask came; nothing was charged. Run /inpaint again."
+
+
+class PaintGoneError(UserFacingError):
+    """A painted mask for a job that no longer waits for one (or not from this member)."""
 
 
 class JobPipeline(JobSteps):
@@ -101,18 +108,13 @@ class JobPipeline(JobSteps):
             log.info("job=%s prompt=%r", job.id, options.prompt)
         try:
             await prepare(job)
-            user_daily, guild_monthly = await self.intake.budgets(origin)
-            now = self.clock()
-            reason = await self.store.reserve(
-                job,
-                user_daily_usd=user_daily,
-                guild_monthly_usd=guild_monthly,
-                day_start=day_start(now),
-                month_start=month_start(now),
-                max_unfinished_per_user=self.settings.limits.max_jobs_per_user,
-            )
-            if reason is not None:
-                raise RefusedError(await self.intake.refusal_text(reason, job, user_daily, guild_monthly))
+            await self._reserve(job)
+        except PaintNeeded:  # no mask at all: the member paints it in the web page (SPEC 12); nothing charged yet
+            job.paint_expires_at = self.clock() + timedelta(seconds=self.settings.web.link_ttl_s)
+            job = await self._save(job, JobState.PAINTING)
+            log.info("job=%s waits for its mask to be painted", job.id)
+            await self._show(job)
+            return job
         except Exception as exc:  # refused or broken: the row ends FAILED and the inputs go
             if not isinstance(exc, UserFacingError):
                 log.error("job=%s could not be accepted", job.id, exc_info=exc)
@@ -123,6 +125,64 @@ class JobPipeline(JobSteps):
             log.info("job=%s refused: %s", job.id, job.error)
             raise
         return job
+
+    async def _reserve(self, job: Job) -> None:
+        """Into the line (WAITING) if the member's cap and both budgets allow it.
+
+        Raises:
+            RefusedError: they do not; the row is unchanged.
+        """
+        user_daily, guild_monthly = await self.intake.budgets(job.origin)
+        now = self.clock()
+        reason = await self.store.reserve(
+            job,
+            user_daily_usd=user_daily,
+            guild_monthly_usd=guild_monthly,
+            day_start=day_start(now),
+            month_start=month_start(now),
+            max_unfinished_per_user=self.settings.limits.max_jobs_per_user,
+        )
+        if reason is not None:
+            raise RefusedError(await self.intake.refusal_text(reason, job, user_daily, guild_monthly))
+
+    async def paint_mask(self, job_id: str, user_id: int, mask: bytes) -> Job:
+        """The mask painted for a job in PAINTING: its inputs are built, its budget reserved, and it joins the line.
+
+        Raises:
+            PaintGoneError: the job no longer waits for this member's mask (painted, cancelled, expired, pruned).
+            InputError: the mask cannot be used; the job still waits.
+            RefusedError: the cap or a budget refuses it now; the job ended (the reply says why).
+        """
+        async with self.cancel_lock(job_id):
+            job = await self.store.get(job_id)
+            if job is None or job.state is not JobState.PAINTING or job.origin.user_id != user_id:
+                raise PaintGoneError("This link was used already, or its job has ended.")
+            if job.paint_expires_at is not None and job.paint_expires_at <= self.clock():
+                raise PaintGoneError("This link has expired; run /inpaint again.")
+            await self.intake.mask_painted(job, mask)
+            try:
+                await self._reserve(job)
+            except RefusedError as exc:
+                await self._fail(job, exc.message, billed=False)
+                raise
+        log.info("job=%s guild=%s user=%s mask painted", job.id, job.origin.guild_id, job.origin.user_id)
+        await self._show(job)
+        return job
+
+    async def expire_paintings(self) -> int:
+        """End the jobs whose mask was not painted in time; how many."""
+        ended = 0
+        for job in await self.store.list_unfinished():
+            if job.state is not JobState.PAINTING or job.paint_expires_at is None:
+                continue
+            if job.paint_expires_at > self.clock():
+                continue
+            async with self.cancel_lock(job.id):
+                current = await self.store.get(job.id)
+                if current is not None and current.state is JobState.PAINTING:
+                    await self._fail(current, PAINT_EXPIRED, billed=False)
+                    ended += 1
+        return ended
 
     async def fail_interrupted_intake(self, job: Job) -> None:
         """A job that was being checked when the process died: its uploads' links may be gone, so it ends."""
@@ -135,6 +195,8 @@ class JobPipeline(JobSteps):
         try:
             while not job.state.finished:
                 match job.state:
+                    case JobState.PAINTING:
+                        return  # the member paints the mask in the web page: paint_mask puts it in the line
                     case JobState.WAITING:
                         job = await self.critical.run(self._submit(job))
                         if job.state is JobState.WAITING:
@@ -430,7 +492,7 @@ class JobPipeline(JobSteps):
             files.append(ResultFile(name, await asyncio.to_thread(self.files.read, job.id, name), spoiler=flagged))
             shown.append(index + 1)
         elapsed = ((job.completed_at or self.clock()) - job.created_at).total_seconds()
-        reply = result_reply(job, elapsed_s=elapsed, withheld=withheld, shown=shown)
+        reply = result_reply(job, elapsed_s=elapsed, withheld=withheld, shown=shown, repaint=self.settings.web.enabled)
         parts = await self.notifier.plan(job, reply, files)
         deadline = self.clock() + timedelta(seconds=self.settings.fal.job_timeout_s)
         interrupted = job.posting_part  # the part being posted when the process died: it may be on Discord already

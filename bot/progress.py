@@ -45,6 +45,8 @@ class Reply:
     # a result's buttons (Reroll, Edit, Use k, Mask, Delete; SPEC 10): the numbers (1-based, in the job's result
     # files) of the images the message shows, each with its Use button; None: no result buttons
     result_buttons: tuple[int, ...] | None = None
+    paint_button: bool = False  # the job waits for its mask: "Paint the mask" (SPEC 12)
+    repaint_button: bool = False  # a result's "Repaint", when the mask painter is on
     # Not part of what is seen: which step the job is at (a new one is shown at once, a new position may wait) and
     # how long a text that only moved a job's position may stay unshown.
     stage: str = field(default="", compare=False)
@@ -167,6 +169,9 @@ def status_line(
     match job.state:
         case JobState.ACCEPTED:
             return "🔎 Checking your image and mask…"
+        case JobState.PAINTING:
+            until = f", until <t:{int(job.paint_expires_at.timestamp())}:t>" if job.paint_expires_at else ""
+            return f"🖌️ Waiting for the mask: press Paint the mask to draw what to repaint (only you can{until})."
         case JobState.WAITING:
             where = f"#{line_position} in this bot's queue" if line_position else "in this bot's queue"
             return f"⏳ Waiting: {where} (fal runs a few jobs at a time for this bot)"
@@ -198,6 +203,7 @@ def progress_reply(
     lines.extend(f"ℹ️ {note}" for note in job.notes)
     content = "\n".join(lines)[:MAX_CONTENT]
     cancellable = job.state in (
+        JobState.PAINTING,
         JobState.WAITING,
         JobState.SEGMENTING,
         JobState.SUBMITTING,
@@ -210,12 +216,23 @@ def progress_reply(
     # cancelled job's last text goes without it
     preview = PREVIEW_FILE if job.crop is not None and not job.state.finished else None
     return Reply(
-        content=content, cancel_button=cancellable, preview=preview, stage=stage, refresh_s=refresh_s(position)
+        content=content,
+        cancel_button=cancellable,
+        paint_button=job.state is JobState.PAINTING,
+        preview=preview,
+        stage=stage,
+        refresh_s=refresh_s(position),
     )
 
 
 def result_reply(
-    job: Job, *, elapsed_s: float, withheld: int, notes: Sequence[str] = (), shown: Sequence[int] = ()
+    job: Job,
+    *,
+    elapsed_s: float,
+    withheld: int,
+    notes: Sequence[str] = (),
+    shown: Sequence[int] = (),
+    repaint: bool = False,
 ) -> Reply:
     """The final message: a compact embed with everything needed to reproduce the result, and the buttons that
     build on it (``shown``: the 1-based numbers of the result files posted)."""
@@ -252,7 +269,7 @@ def result_reply(
         fields=tuple(fields),
         footer=f"job {job.id}",
     )
-    return Reply(content="", embed=embed, result_buttons=tuple(shown))
+    return Reply(content="", embed=embed, result_buttons=tuple(shown), repaint_button=repaint and bool(shown))
 
 
 def message_link(guild_id: int | None, channel_id: int, message_id: int) -> str:
@@ -270,6 +287,7 @@ def from_text(job: Job) -> str:
 
 HISTORY_STATES = {
     JobState.ACCEPTED: "🔎 checking",
+    JobState.PAINTING: "🖌️ waiting for the mask",
     JobState.WAITING: "⏳ waiting",
     JobState.SEGMENTING: "🔍 finding the mask",
     JobState.SUBMITTING: "📨 sending",

@@ -26,6 +26,7 @@ from bot.pacing import Priority, RequestBudget, SlidingWindow, edit_window, prep
 from bot.progress import EmbedData, Reply, ResultFile
 from cogs.buttons import CancelButton
 from cogs.iterate import result_view
+from cogs.paint import PaintButton
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,12 @@ def reply_view(job_id: str, reply: Reply) -> discord.ui.View | None:
     each, in ``cogs``; their clicks are handled statelessly, so they work after restarts)."""
     if reply.cancel_button:
         view = discord.ui.View(timeout=None)
+        if reply.paint_button:
+            view.add_item(PaintButton(job_id))
         view.add_item(CancelButton(job_id))
         return view
     if reply.result_buttons is not None:
-        return result_view(job_id, reply.result_buttons)
+        return result_view(job_id, reply.result_buttons, repaint=reply.repaint_button)
     return None
 
 

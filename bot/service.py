@@ -23,6 +23,8 @@ from bot.intake import day_start, month_start, next_day
 from bot.iterate import EditValues, Iterations, Verb, derived_options, edit_defaults
 from bot.library import LoraLibrary
 from bot.models import InpaintOptions, Job, Origin, Upload, utcnow
+from bot.paint_links import PaintLinks
+from bot.painting import Painter
 from bot.pipeline import JobPipeline
 from bot.progress import JobNotifier, history_text, usd
 from bot.scheduler import Scheduler
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 HISTORY_JOBS = 10
 
 PRUNE_RETRY_S = 60.0
+PAINT_SWEEP_S = 30.0  # how late a painter job whose link ran out may end
 CHECKED_TTL_S = 30.0  # a checked command whose job never arrived (its acknowledgement failed) stops counting
 CHECK_BUDGET_S = 1.5  # of Discord's 3 s to acknowledge a command, what the private checks may take
 
@@ -79,6 +82,7 @@ class JobService:
         fal: FalQueueClient,
         session: aiohttp.ClientSession,
         notifier: JobNotifier,
+        paint_links: PaintLinks | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.settings = settings
@@ -103,8 +107,22 @@ class JobService:
         self.scheduler = Scheduler(
             store=store, pipeline=self.pipeline, max_concurrent=settings.fal.max_concurrent, clock=clock
         )
+        # the mask painter (SPEC 12), when [web] is on: cli.py serves bot.web.PaintServer over it
+        self.painter = (
+            Painter(
+                links=paint_links,
+                store=store,
+                files=files,
+                pipeline=self.pipeline,
+                wake=self.scheduler.wake,
+                clock=clock,
+            )
+            if paint_links is not None
+            else None
+        )
         self._accepting = True
         self._pruner: asyncio.Task[None] | None = None
+        self._paint_sweeper: asyncio.Task[None] | None = None
         # Commands that passed the private checks and whose job is not stored yet, by member: a burst of commands
         # all pass before the first job is written, so they count toward the cap (and are refused privately).
         self._checked: dict[tuple[int | None, int], list[float]] = {}
@@ -118,6 +136,12 @@ class JobService:
         self.scheduler.begin()
         self._pruner = asyncio.create_task(self._prune_loop(), name="fluxpaint-prune")
         self._pruner.add_done_callback(self._log_end)
+        if self.painter is not None:  # jobs whose mask was not painted in time end (also those from before a stop)
+            sweep = repeat(
+                self.pipeline.expire_paintings, interval_s=PAINT_SWEEP_S, retry_s=PRUNE_RETRY_S, what="expiring"
+            )
+            self._paint_sweeper = asyncio.create_task(sweep, name="fluxpaint-paint-expiry")
+            self._paint_sweeper.add_done_callback(self._log_end)
 
     @staticmethod
     def _log_end(task: asyncio.Task[None]) -> None:
@@ -155,9 +179,10 @@ class JobService:
     async def close(self, grace_s: float = 5.0) -> None:
         """Stop taking jobs; let a submit under way be recorded; everything else resumes at the next start."""
         self._accepting = False
-        if self._pruner is not None:
-            self._pruner.cancel()
-            await asyncio.wait([self._pruner])
+        for task in (self._pruner, self._paint_sweeper):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
         await self.scheduler.close()
         await self.pipeline.critical.settle(grace_s)
 
@@ -255,6 +280,10 @@ class JobService:
         if draft.verb is Verb.USE:
             assert draft.index is not None
             prepare = functools.partial(self.iterations.use_result, source=draft.source, index=draft.index)
+        elif draft.verb is Verb.REPAINT:
+            if self.painter is None:
+                raise RefusedError("The mask painter is not enabled on this bot.")
+            prepare = functools.partial(self.iterations.paint_on_result, source=draft.source, index=draft.index or 0)
         else:
             prepare = functools.partial(self.iterations.copy_inputs, source=draft.source)
         job = await self.pipeline.accept_from(draft.options, origin, draft.source, draft.message_id, prepare)
@@ -268,6 +297,16 @@ class JobService:
         )
         self.scheduler.wake()
         return job
+
+    async def paint_link(self, job_id: str, *, user_id: int) -> str:
+        """A single-use link to the mask painter for the member whose job waits for its mask (SPEC 12).
+
+        Raises:
+            UserFacingError: the painter is off, it is someone else's job, or the job no longer waits.
+        """
+        if self.painter is None:
+            raise RefusedError("The mask painter is not enabled on this bot.")
+        return await self.painter.link(job_id, user_id)
 
     async def mask_picture(self, job_id: str) -> bytes:
         """The mask over the image, as the job's reply showed it (the Mask button).

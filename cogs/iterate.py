@@ -21,6 +21,7 @@ from bot.errors import InputError
 from bot.iterate import EditValues, Verb, parse_edit
 from bot.models import InpaintOptions, Origin, Upload
 from cogs.inpaint import origin_of, upload_of
+from cogs.paint import RepaintButton
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,14 @@ PICKED_TTL_S = 30 * 60.0  # an open "Inpaint this image" form remembers its mess
 PICKED_MAX = 2000
 
 
-def result_view(job_id: str, shown: tuple[int, ...]) -> discord.ui.View:
-    """A result's buttons: Reroll, Edit, Mask and Delete on the first row, one Use per image shown on the second
-    (at most 4 of Discord's 5 a row; custom ids of at most 43 characters)."""
+def result_view(job_id: str, shown: tuple[int, ...], *, repaint: bool = False) -> discord.ui.View:
+    """A result's buttons: Reroll, Edit, Mask, Delete (and Repaint, with the painter on) on the first row, one Use
+    per image shown on the second (at most Discord's 5 a row; custom ids of at most 45 characters)."""
     view = discord.ui.View(timeout=None)
     for item in (RerollButton(job_id), EditButton(job_id), MaskButton(job_id), DeleteButton(job_id)):
         view.add_item(item)
+    if repaint and shown:
+        view.add_item(RepaintButton(job_id, shown[0]))
     for k, number in enumerate(shown[:4], start=1):
         view.add_item(UseButton(job_id, number, label=f"Use {k}"))
     return view
