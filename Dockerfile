@@ -16,8 +16,13 @@ RUN useradd --create-home --uid 10001 fluxpaint && mkdir /data && chown fluxpain
 COPY --from=build /install /usr/local
 USER fluxpaint
 WORKDIR /home/fluxpaint
-ENV FLUXPAINT_STORAGE__DATA_DIR=/data PYTHONUNBUFFERED=1
+# /healthz and /metrics on the container's loopback; set FLUXPAINT_OPS__LISTEN=0.0.0.0:9108 (and publish the port)
+# for a Prometheus outside the container
+ENV FLUXPAINT_STORAGE__DATA_DIR=/data PYTHONUNBUFFERED=1 FLUXPAINT_OPS__LISTEN=127.0.0.1:9108
 VOLUME ["/data"]
+# healthy: the gateway is connected, the store answers and the scheduler runs (GET /healthz answers 200);
+# `fluxpaint healthcheck` asks the address in ops.listen, so it follows a changed FLUXPAINT_OPS__LISTEN
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 CMD ["fluxpaint", "healthcheck"]
 # SIGTERM: stop taking jobs, persist, exit; unfinished jobs resume at the next start
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["fluxpaint"]

@@ -75,46 +75,77 @@ async def refuse_privately(interaction: discord.Interaction, work: Awaitable[T])
         return None
 
 
+TAKE_BACK_ERRORS = (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError)  # discord.py lets these through
+CANNOT_REPLY = 160002  # a reply needs Read Message History in the channel
+
+
+async def _post_intro(
+    channel: discord.PartialMessageable, intro: str, reference: discord.MessageReference | None, nonce: str
+) -> discord.Message | None:
+    """The new job's message, answering ``reference`` when the bot may; None when it cannot post at all."""
+    mentions = discord.AllowedMentions.none()
+    try:
+        if reference is not None:
+            try:
+                return await channel.send(
+                    intro, reference=reference, mention_author=False, allowed_mentions=mentions, nonce=nonce
+                )
+            except discord.HTTPException as exc:
+                if exc.code != CANNOT_REPLY:
+                    raise
+        return await channel.send(intro, allowed_mentions=mentions, nonce=nonce)
+    except TAKE_BACK_ERRORS as exc:
+        log.warning("could not post a new job's reply (%s)", getattr(exc, "code", type(exc).__name__))
+        return None
+
+
 async def start_in_channel(
     interaction: discord.Interaction,
     *,
     reference: discord.MessageReference | None,
     intro: str,
     begin: Callable[[int], Awaitable[T]],
+    release: Callable[[], None] = lambda: None,
 ) -> T | None:
     """Start a job whose reply is a new message of the bot's answering ``reference`` (SPEC 10): the clicker is
     answered privately, the message is posted, and ``begin(message_id)`` makes the job. A refusal takes the message
-    away again and is told to the clicker alone."""
-    await interaction.response.defer(ephemeral=True, thinking=True)
+    away again and is told to the clicker alone; ``release`` is called when ``begin`` is never reached."""
+    if not interaction.response.is_done():
+        await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.channel_id is not None
     channel = interaction.client.get_partial_messageable(interaction.channel_id, guild_id=interaction.guild_id)
-    try:
-        mentions = discord.AllowedMentions.none()
-        reply = await (
-            channel.send(intro, reference=reference, mention_author=False, allowed_mentions=mentions)
-            if reference is not None
-            else channel.send(intro, allowed_mentions=mentions)
-        )
-    except discord.HTTPException as exc:
-        log.warning("could not post a new job's reply (%s %s)", exc.status, exc.code)
-        await reply_once(interaction, "I can't post in this channel, so I can't start a job here.")
+    # a nonce: discord.py retries a POST that got a 5xx, and one click must not post two messages
+    reply = await _post_intro(channel, intro, reference, nonce=f"fpi{interaction.id}"[:25])
+    if reply is None:
+        release()
+        await reply_once(interaction, "I can't post in this channel (Send Messages), so I can't start a job here.")
         return None
     try:
         started = await begin(reply.id)
     except Exception as exc:
         if not isinstance(exc, UserFacingError):
             log.exception("a job from %s could not start", interaction.data and interaction.data.get("custom_id"))
-        try:
-            await reply.delete()
-        except discord.HTTPException as gone:
-            log.warning("could not take back a refused job's reply (%s %s)", gone.status, gone.code)
+        await _take_back(reply, user_message(exc))
         await reply_once(interaction, user_message(exc))
         return None
     try:
         await interaction.edit_original_response(content=f"Started: {reply.jump_url}")
-    except discord.HTTPException as exc:
-        log.warning("could not tell the member where their job is (%s %s)", exc.status, exc.code)
+    except TAKE_BACK_ERRORS as exc:
+        log.warning("could not tell the member where their job is (%s)", getattr(exc, "code", type(exc).__name__))
     return started
+
+
+async def _take_back(reply: discord.Message, text: str) -> None:
+    """A refused job's message goes; if it cannot, it says why instead of promising a job."""
+    try:
+        await reply.delete()
+        return
+    except TAKE_BACK_ERRORS as exc:
+        log.warning("could not take back a refused job's reply (%s)", getattr(exc, "code", type(exc).__name__))
+    try:
+        await reply.edit(content=f"❌ {text}")
+    except TAKE_BACK_ERRORS as exc:
+        log.warning("could not correct a refused job's reply (%s)", getattr(exc, "code", type(exc).__name__))
 
 
 class FluxpaintTree(app_commands.CommandTree["FluxpaintBot"]):

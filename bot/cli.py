@@ -1,10 +1,12 @@
-"""fluxpaint run / check-config / inpaint: owns the settings, the HTTP session, the store and the bot."""
+"""fluxpaint run / check-config / inpaint / healthcheck: owns the settings, the HTTP session, the store, the metrics
+and the bot."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import resource
@@ -24,6 +26,8 @@ from bot.logs import setup_logging
 from bot.looplag import LoopLagProbe
 from bot.loras import LoraError
 from bot.masks import MaskError, MaskSource
+from bot.metrics import Metrics
+from bot.ops import OpsServer, ask_healthz
 from bot.pacing import RequestBudget, budget_trace
 
 if TYPE_CHECKING:
@@ -45,10 +49,12 @@ def session(settings: Settings) -> aiohttp.ClientSession:
 
 @contextlib.asynccontextmanager
 async def runtime(settings: Settings) -> AsyncIterator[FluxpaintBot]:
-    """Build the bot with its session, store, notifier and service; on exit stop them in order."""
+    """Build the bot with its session, store, metrics, notifier and service, and the ops endpoints when
+    ``ops.listen`` is set; on exit stop them in order."""
     from bot.app import FluxpaintBot, point_at
     from bot.delivery import DiscordNotifier
     from bot.files import JobFiles
+    from bot.painting import paint_links, paint_server
     from bot.service import JobService
     from bot.store import JobStore
 
@@ -56,8 +62,10 @@ async def runtime(settings: Settings) -> AsyncIterator[FluxpaintBot]:
     point_at(settings.discord)
     probe = LoopLagProbe(warn_s=settings.logging.loop_stall_warn_ms / 1000)
     async with probe, session(settings) as http, await JobStore.open(data_dir / "fluxpaint.sqlite3") as store:
+        # read at each scrape; the service (and its scheduler) is built below
+        metrics = Metrics(state_counts=store.count_by_state, line_length=lambda: service.scheduler.line_length)
         budget = RequestBudget(settings.discord.max_requests_per_s)
-        bot = FluxpaintBot(settings, http_trace=budget_trace(budget))
+        bot = FluxpaintBot(settings, http_trace=budget_trace(budget, metrics=metrics))
         files = JobFiles(data_dir)
         notifier = DiscordNotifier(
             bot, settings.ui, budget=budget, max_request_bytes=settings.discord.max_request_bytes, files=files
@@ -66,19 +74,33 @@ async def runtime(settings: Settings) -> AsyncIterator[FluxpaintBot]:
             settings=settings,
             store=store,
             files=files,
-            fal=FalQueueClient(http, settings.fal),
+            fal=FalQueueClient(http, settings.fal, metrics=metrics),
             session=http,
             notifier=notifier,
+            paint_links=await asyncio.to_thread(paint_links, settings),
+            metrics=metrics,
         )
         bot.attach(service)
+        ops = OpsServer(
+            settings.ops.listen,
+            metrics=metrics,
+            gateway_ok=functools.partial(gateway_connected, bot),
+            store_ping=store.ping,
+            scheduler_running=lambda: service.scheduler.running,
+        )
         try:
-            async with bot:
+            async with bot, ops, paint_server(settings, service.painter):
                 yield bot
                 log.info("shutting down: no new jobs; in-flight calls get %.0f s", SHUTDOWN_GRACE_S)
         finally:
             await service.close(SHUTDOWN_GRACE_S)
             await notifier.close()
             await bot.close()
+
+
+def gateway_connected(bot: FluxpaintBot) -> bool:
+    """Logged in, and the gateway's websocket open now (discord.py stays "ready" while it reconnects)."""
+    return bot.is_ready() and not bot.is_closed() and bot.ws is not None and bot.ws.open
 
 
 def _enough_file_descriptors(settings: Settings) -> None:
@@ -133,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="run the Discord bot (the default)")
     sub.add_parser("check-config", help="validate the config and print it with secrets masked")
+    sub.add_parser("healthcheck", help="exit 0 if the running bot's /healthz (ops.listen) answers 200, else 1")
     job = sub.add_parser("inpaint", help="run one job against fal from the terminal")
     cli_inpaint.add_arguments(job)
     return parser
@@ -147,10 +170,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fluxpaint: invalid configuration:", file=sys.stderr)
         for line in exc.lines:
             print(f"  {line}", file=sys.stderr)
-        return 2
+        return 1 if command == "healthcheck" else 2
     if command == "check-config":
         print(json.dumps(masked_dump(settings), indent=2, default=str))
         return 0
+    if command == "healthcheck":  # Docker's HEALTHCHECK: 0 healthy, 1 not (2 means something else to Docker)
+        if settings.ops.listen is None:
+            print("fluxpaint: ops.listen is not set, so there is no /healthz to ask", file=sys.stderr)
+            return 1
+        healthy, said = ask_healthz(settings.ops.listen)
+        print(said)
+        return 0 if healthy else 1
     setup_logging(settings)
     if command == "inpaint":
         try:

@@ -217,6 +217,13 @@ class DiscordNotifier(ReplyEditor):
             content = f"<@{job.origin.user_id}> {content}".strip()
             mentions = discord.AllowedMentions(users=[discord.Object(job.origin.user_id)], everyone=False, roles=False)
         embed = to_embed(reply.embed) if reply.embed else None
+        # a job made from a result answers it, also when its own reply is gone and the result is posted anew
+        answers = job.parent_message_id if job.origin.reply_via == "channel" else None
+        reference = (
+            discord.MessageReference(message_id=answers, channel_id=job.origin.channel_id, fail_if_not_exists=False)
+            if answers is not None
+            else None
+        )
         try:
             sent = await self._channel(job).send(
                 content=content,
@@ -225,6 +232,8 @@ class DiscordNotifier(ReplyEditor):
                 allowed_mentions=mentions,
                 nonce=nonce,
                 view=reply_view(job.id, reply) or discord.utils.MISSING,
+                reference=reference,  # type: ignore[arg-type]  # None: no reply (discord.py takes it)
+                mention_author=False,
             )
             return job.origin.channel_id, sent.id
         except discord.Forbidden:

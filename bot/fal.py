@@ -16,7 +16,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from bot.config import FalSettings, app_id, is_loopback
-from bot.fal_http import FalAnswer, describe_failure, read_capped, sse_data
+from bot.fal_http import CallRecord, FalAnswer, FalCallCounter, FalCallKind, describe_failure, read_capped, sse_data
 from bot.fal_models import (
     MAX_DETAIL_CHARS,
     URL_PATTERN,
@@ -66,8 +66,10 @@ class FalQueueClient:
         *,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        metrics: FalCallCounter | None = None,
     ) -> None:
         self._session = session
+        self._metrics = metrics
         self._settings = settings
         self._sleep = sleep
         self._rand = rand
@@ -118,6 +120,7 @@ class FalQueueClient:
         method: str,
         url: str,
         *,
+        kind: FalCallKind,
         client_timeout: aiohttp.ClientTimeout,
         json_body: object = None,
         data: bytes | None = None,
@@ -131,17 +134,20 @@ class FalQueueClient:
             headers["Authorization"] = f"{self._settings.auth_scheme} {self._settings.key.get_secret_value()}"
         if content_type:
             headers["Content-Type"] = content_type
-        async with self._session.request(
-            method,
-            url,
-            json=json_body,
-            data=data,
-            headers=headers,
-            params=params,
-            timeout=client_timeout,
-            allow_redirects=False,  # a redirect could carry the key to another host
-        ) as resp:
-            return FalAnswer(resp.status, resp.headers, await read_capped(resp, MAX_ANSWER_BYTES))
+        with CallRecord(self._metrics, kind) as record:
+            async with self._session.request(
+                method,
+                url,
+                json=json_body,
+                data=data,
+                headers=headers,
+                params=params,
+                timeout=client_timeout,
+                allow_redirects=False,  # a redirect could carry the key to another host
+            ) as resp:
+                answer = FalAnswer(resp.status, resp.headers, await read_capped(resp, MAX_ANSWER_BYTES))
+                record.status = resp.status
+                return answer
 
     async def _backoff(self, attempt: int, what: str, problem: str, retry_after: float | None) -> None:
         delay = retry_delay(attempt, base=RETRY_BASE_S, cap=RETRY_CAP_S, rand=self._rand(), retry_after=retry_after)
@@ -155,6 +161,7 @@ class FalQueueClient:
         method: str,
         url: str,
         *,
+        kind: FalCallKind,
         what: str,
         final_5xx: bool = False,
         json_body: object = None,
@@ -177,6 +184,7 @@ class FalQueueClient:
                 reply = await self._send(
                     method,
                     url,
+                    kind=kind,
                     client_timeout=self._timeout,
                     json_body=json_body,
                     data=data,
@@ -228,6 +236,7 @@ class FalQueueClient:
                 reply = await self._send(
                     "POST",
                     url,
+                    kind="submit",
                     data=body,
                     content_type="application/json",
                     client_timeout=timeout,
@@ -303,8 +312,9 @@ class FalQueueClient:
             FalTransientError: unreachable or unreadable after the retries.
         """
         handle = self._own(handle)
+        params = {"logs": "1"} if logs else None
         reply = await self._call(
-            "GET", handle.status_url, what="checking the job's status", params={"logs": "1"} if logs else None
+            "GET", handle.status_url, kind="status", what="checking the job's status", params=params
         )
         if reply.status == 404:
             raise FalJobError("fal no longer knows this job; it may have expired.")
@@ -381,21 +391,23 @@ class FalQueueClient:
             "Authorization": f"{self._settings.auth_scheme} {self._settings.key.get_secret_value()}",
         }
         try:
-            async with self._session.get(
-                f"{handle.status_url}/stream", headers=headers, timeout=timeout, allow_redirects=False
-            ) as resp:
-                if resp.status != 200:
-                    log.info("request=%s: status stream refused (HTTP %s); polling", handle.request_id, resp.status)
-                    return
-                async for data in sse_data(resp.content):
-                    try:
-                        status = QueueStatus.model_validate_json(data)
-                    except ValidationError:
-                        log.warning("request=%s: unreadable status event; polling", handle.request_id)
+            with CallRecord(self._metrics, "stream") as record:
+                async with self._session.get(
+                    f"{handle.status_url}/stream", headers=headers, timeout=timeout, allow_redirects=False
+                ) as resp:
+                    record.status = resp.status
+                    if resp.status != 200:
+                        log.info("request=%s: status stream refused (HTTP %s); polling", handle.request_id, resp.status)
                         return
-                    yield status
-                    if status.status == "COMPLETED":
-                        return
+                    async for data in sse_data(resp.content):
+                        try:
+                            status = QueueStatus.model_validate_json(data)
+                        except ValidationError:
+                            log.warning("request=%s: unreadable status event; polling", handle.request_id)
+                            return
+                        yield status
+                        if status.status == "COMPLETED":
+                            return
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             log.warning("request=%s: status stream failed (%s); polling", handle.request_id, describe_failure(exc))
             return
@@ -429,7 +441,7 @@ class FalQueueClient:
             FalTransientError: unreachable after the retries.
         """
         handle = self._own(handle)
-        reply = await self._call("GET", handle.response_url, what="fetching the result", final_5xx=True)
+        reply = await self._call("GET", handle.response_url, kind="result", what="fetching the result", final_5xx=True)
         if reply.ok:
             try:
                 return output.model_validate_json(reply.body)
@@ -464,7 +476,7 @@ class FalQueueClient:
             FalTransientError: unreachable after the retries.
         """
         handle = self._own(handle)
-        reply = await self._call("PUT", handle.cancel_url, what="cancelling the job")
+        reply = await self._call("PUT", handle.cancel_url, kind="cancel", what="cancelling the job")
         try:
             answer = CancelAnswer.model_validate_json(reply.body)
         except ValidationError:
@@ -500,6 +512,7 @@ class FalQueueClient:
         reply = await self._call(
             "POST",
             f"{settings.rest_base_url}/storage/upload/initiate?storage_type=fal-cdn-v3",
+            kind="upload",
             what="preparing an upload",
             json_body={"content_type": content_type, "file_name": filename},
         )
@@ -515,7 +528,13 @@ class FalQueueClient:
         if not (target.scheme == "https" or (target.scheme == "http" and is_loopback(target.hostname))):
             raise FalTransientError("fal offered an upload address this bot does not use.")
         reply = await self._call(
-            "PUT", slot.upload_url, what="uploading an image", data=data, content_type=content_type, auth=False
+            "PUT",
+            slot.upload_url,
+            kind="upload",
+            what="uploading an image",
+            data=data,
+            content_type=content_type,
+            auth=False,
         )
         if not reply.ok:
             raise FalTransientError(f"fal's storage refused the upload (HTTP {reply.status}).")

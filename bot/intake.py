@@ -134,6 +134,17 @@ class Intake:
                 )
         return options
 
+    async def check_member(self, origin: Origin) -> None:
+        """Whether the member may run jobs here at all (access, a ban, a pause), before a form is opened.
+
+        Raises:
+            RefusedError: they may not.
+        """
+        self._check_access(origin)
+        facts = await self.store.member_facts(origin.guild_id, origin.user_id)
+        if (reason := self.admin.refusal_in(origin.guild_id, facts)) is not None:
+            raise RefusedError(reason)
+
     async def resolve(self, options: InpaintOptions, origin: Origin) -> Resolved:
         """The options with the member's style and LoRAs applied; what the member set explicitly wins.
 

@@ -143,7 +143,8 @@ class Iterations:
             )
         needed = [ORIGINAL_FILE, input_file(job), MASK_FILE, FULL_MASK_FILE]
         if index is not None:
-            if not 0 <= index < len(job.result_files):
+            withheld = index < len(job.nsfw_flags) and job.nsfw_flags[index] and not job.origin.channel_nsfw
+            if not 0 <= index < len(job.result_files) or withheld:
                 raise InputError(f"This result has no image {index + 1}.")
             needed.append(job.result_files[index])
         present = await asyncio.to_thread(lambda: all(self.files.exists(job.id, name) for name in needed))
@@ -169,10 +170,14 @@ class Iterations:
 
         def copy() -> None:
             for name in names:
-                if self.files.exists(source.id, name):  # the preview is only a picture; the rest was checked
-                    self.files.write(job.id, name, self.files.read(source.id, name))
+                if name == PREVIEW_FILE and not self.files.exists(source.id, name):
+                    continue  # only a picture for the reply
+                self.files.write(job.id, name, self.files.read(source.id, name))
 
-        await asyncio.to_thread(copy)
+        try:
+            await asyncio.to_thread(copy)
+        except FileNotFoundError:  # pruned between the click's check and now
+            raise InputError(pruned_text(self.settings)) from None
         job.input_mime = source.input_mime
         job.width, job.height = source.width, source.height
         job.sent_width, job.sent_height = source.sent_width, source.sent_height

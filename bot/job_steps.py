@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -17,7 +18,7 @@ from bot import images
 from bot.admin import GuildAdmin
 from bot.config import Settings, app_id
 from bot.downloads import fetch
-from bot.errors import user_message
+from bot.errors import RefusedError, UserFacingError, user_message
 from bot.eta import QueueEstimator
 from bot.fal import FalQueueClient
 from bot.fal_models import (
@@ -33,9 +34,12 @@ from bot.intake import (
     ORIGINAL_FILE,
     SEGMENT_INPUT_FILE,
     Intake,
+    day_start,
     input_file,
+    month_start,
 )
 from bot.library import LoraLibrary
+from bot.metrics import Metrics
 from bot.models import Job, JobState, utcnow
 from bot.policy import Action, Step, decide
 from bot.progress import (
@@ -52,6 +56,13 @@ from bot.store_schema import StaleJobError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+PAINT_EXPIRED = "The link to paint the mask expired before a mask came; nothing was charged. Run /inpaint again."
+
+
+class PaintGoneError(UserFacingError):
+    """A painted mask for a job that no longer waits for one (or not from this member)."""
+
 
 SUBMIT_UNKNOWN = (
     "fal did not answer when the job was sent, so it may still run and be billed. "
@@ -90,8 +101,11 @@ class JobSteps:
         library: LoraLibrary,
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
+        self._running_since: dict[str, float] = {}  # when fal was first seen running a job (its run time)
         self.store = store
         self.files = files
         self.fal = fal
@@ -225,7 +239,26 @@ class JobSteps:
     async def _save(self, job: Job, state: JobState | None = None) -> Job:
         if state is not None:
             job.state = state
-        return await self.store.save(job)
+        job = await self.store.save(job)
+        if state is not None and state.finished and self.metrics is not None:  # once: a stale save raised above
+            self.metrics.charged(job.origin.guild_id, job.cost_usd or 0.0)
+            self.metrics.job_finished(state)
+            self._running_since.pop(job.id, None)
+        return job
+
+    def _seen_running(self, job: Job) -> None:
+        """fal started the job: its time in fal's queue is known (for /metrics)."""
+        if self.metrics is None or job.id in self._running_since:
+            return
+        self._running_since[job.id] = time.monotonic()
+        if job.submitted_at is not None:
+            self.metrics.observe_queue_s((self.clock() - job.submitted_at).total_seconds())
+
+    def _seen_completed(self, job: Job) -> None:
+        """fal finished the job: its run time, when it was seen starting (not across a restart)."""
+        started = self._running_since.pop(job.id, None)
+        if self.metrics is not None and started is not None:
+            self.metrics.observe_run_s(time.monotonic() - started)
 
     async def _reread(self, job: Job) -> Job:
         return await self.store.get(job.id) or job
@@ -295,6 +328,66 @@ class JobSteps:
                 cancel_url=job.cancel_url,
             )
         return self.fal.handle_for(job.request_id)
+
+    async def _reserve(self, job: Job) -> None:
+        """Into the line (WAITING) if the member's cap and both budgets allow it.
+
+        Raises:
+            RefusedError: they do not; the row is unchanged.
+        """
+        user_daily, guild_monthly = await self.intake.budgets(job.origin)
+        now = self.clock()
+        reason = await self.store.reserve(
+            job,
+            user_daily_usd=user_daily,
+            guild_monthly_usd=guild_monthly,
+            day_start=day_start(now),
+            month_start=month_start(now),
+            max_unfinished_per_user=self.settings.limits.max_jobs_per_user,
+        )
+        if reason is not None:
+            raise RefusedError(await self.intake.refusal_text(reason, job, user_daily, guild_monthly))
+
+    # the mask painter (SPEC 12): a job that waits in PAINTING until its mask comes
+
+    async def paint_mask(self, job_id: str, user_id: int, mask: bytes) -> Job:
+        """The mask painted for a job in PAINTING: its inputs are built, its budget reserved, and it joins the line.
+
+        Raises:
+            PaintGoneError: the job no longer waits for this member's mask (painted, cancelled, expired, pruned).
+            InputError: the mask cannot be used; the job still waits.
+            RefusedError: the cap or a budget refuses it now; the job ended (the reply says why).
+        """
+        async with self.cancel_lock(job_id):
+            job = await self.store.get(job_id)
+            if job is None or job.state is not JobState.PAINTING or job.origin.user_id != user_id:
+                raise PaintGoneError("This link was used already, or its job has ended.")
+            if job.paint_expires_at is not None and job.paint_expires_at <= self.clock():
+                raise PaintGoneError("This link has expired; run /inpaint again.")
+            await self.intake.mask_painted(job, mask)
+            try:
+                await self._reserve(job)
+            except RefusedError as exc:
+                await self._fail(job, exc.message, billed=False)
+                raise
+        log.info("job=%s guild=%s user=%s mask painted", job.id, job.origin.guild_id, job.origin.user_id)
+        await self._show(job)
+        return job
+
+    async def expire_paintings(self) -> int:
+        """End the jobs whose mask was not painted in time; how many."""
+        ended = 0
+        for job in await self.store.list_unfinished():
+            if job.state is not JobState.PAINTING or job.paint_expires_at is None:
+                continue
+            if job.paint_expires_at > self.clock():
+                continue
+            async with self.cancel_lock(job.id):
+                current = await self.store.get(job.id)
+                if current is not None and current.state is JobState.PAINTING:
+                    await self._fail(current, PAINT_EXPIRED, billed=False)
+                    ended += 1
+        return ended
 
 
 def _naming_loras(job: Job, message: str) -> str:

@@ -1,10 +1,14 @@
-"""Logging set-up: scrub secrets and Discord tokens from every line's final text; never logs by itself."""
+"""Logging set-up: text or one JSON object per line, secrets and Discord tokens scrubbed from every string written;
+never logs by itself."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from bot.config import Settings
 
@@ -17,6 +21,9 @@ MIN_SECRET_LENGTH = 6  # a shorter "secret" would blank ordinary words
 _INTERACTION_TOKEN = r"aW50ZXJhY3Rpb246[A-Za-z0-9_.=-]+"
 # Webhook and interaction URLs hold a token as the segment after the id, whatever the token looks like.
 _URL_TOKEN = r"(?P<path>/(?:webhooks|interactions)/[^/\s?#]+/)[^/\s?#\"'<>]+"
+# Our lines name what they are about as "job=… guild=… user=…" (STYLE.md); JSON lines carry them as fields too.
+ID_FIELDS = ("job", "guild", "user", "request")
+_ID = re.compile(r"(?<![\w.])(?P<name>job|guild|user|request)=(?P<value>[\w-]+)")
 
 
 class Redactor:
@@ -47,11 +54,53 @@ class RedactingFormatter(logging.Formatter):
         return self.redact(super().format(record))
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the job, guild, user and request ids the message
+    names (or ``extra=`` gives), and the traceback; every string scrubbed as in the text format."""
+
+    def __init__(self, redact: Redactor) -> None:
+        super().__init__()
+        self.redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = self.redact(record.getMessage())
+        line = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": self.redact(record.name),
+            "message": message,
+        }
+        for found in _ID.finditer(message):  # read after scrubbing: a masked value is no id
+            if found["value"] != "None":
+                line.setdefault(found["name"], found["value"])  # the first mention wins: "job=… cancelled by user=…"
+        for name in ID_FIELDS:
+            if (value := getattr(record, name, None)) is not None:  # extra={"job": ...}
+                line[name] = self.redact(str(value))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)  # cached as logging does; scrubbed when written
+        if record.exc_text:
+            line["exception"] = self.redact(record.exc_text)
+        if record.stack_info:
+            line["stack"] = self.redact(self.formatStack(record.stack_info))
+        return json.dumps(line, ensure_ascii=False)
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """Every secret the settings hold: the tokens and keys, and a password in ``storage.url``."""
+    secrets = [settings.discord.token.get_secret_value(), settings.fal.key.get_secret_value()]
+    if settings.web.secret is not None:
+        secrets.append(settings.web.secret.get_secret_value())
+    if settings.storage.url and (password := urlsplit(settings.storage.url).password):
+        secrets.append(password)
+    return secrets
+
+
 def setup_logging(settings: Settings) -> None:
-    """Send every log line to stderr through one redacting handler, at the configured level."""
-    redact = Redactor([settings.discord.token.get_secret_value(), settings.fal.key.get_secret_value()])
+    """Send every log line to stderr through one redacting handler (text or JSON), at the configured level."""
+    redact = Redactor(secrets_of(settings))
     handler = logging.StreamHandler()
-    handler.setFormatter(RedactingFormatter(redact))
+    formatter = JsonFormatter(redact) if settings.logging.format == "json" else RedactingFormatter(redact)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.logging.level)

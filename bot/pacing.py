@@ -1,7 +1,8 @@
 """Discord's rate limits kept on our side: an edit window per message and one request budget for the whole bot.
 
 Pure bookkeeping with an injected clock; the only I/O is the aiohttp trace that holds a request until the budget
-has room for it (``budget_trace``). Nothing here knows what a job is.
+has room for it, counts Discord's 429s and times the first answers to commands (``budget_trace``). Nothing here
+knows what a job is.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import SimpleNamespace
+from typing import Literal, Protocol
 
 import aiohttp
 
@@ -22,6 +24,7 @@ EDITS_PER_WINDOW = 5  # Discord's per-message edit limit when no header has said
 EDIT_WINDOW_S = 5.0
 BUDGET_WINDOW_S = 1.0  # Discord's global limit counts requests per second
 PROGRESS_SHARE = 0.75  # position updates may use this much of the budget: the rest is kept for results and states
+DISCORD_EPOCH_MS = 1_420_070_400_000  # a snowflake's top bits count milliseconds from 2015-01-01
 
 
 class Priority(enum.IntEnum):
@@ -160,9 +163,33 @@ prepaid: contextvars.ContextVar[bool] = contextvars.ContextVar("prepaid", defaul
 edit_window: contextvars.ContextVar[SlidingWindow | None] = contextvars.ContextVar("edit_window", default=None)
 
 
-def budget_trace(budget: RequestBudget, clock: Callable[[], float] = time.monotonic) -> aiohttp.TraceConfig:
+DiscordRoute = Literal["interaction", "webhook", "message", "other"]
+RateLimitScope = Literal["user", "global", "shared", "unknown"]
+SCOPES: dict[str, RateLimitScope] = {"user": "user", "global": "global", "shared": "shared"}
+
+
+class DiscordMetrics(Protocol):
+    """Where the trace reports what it saw (``bot.metrics.Metrics``)."""
+
+    def discord_429(self, route: DiscordRoute, scope: RateLimitScope) -> None: ...
+
+    def observe_first_response_s(self, seconds: float) -> None: ...
+
+
+def budget_trace(
+    budget: RequestBudget,
+    clock: Callable[[], float] = time.monotonic,
+    *,
+    metrics: DiscordMetrics | None = None,
+    wall_clock: Callable[[], float] = time.time,
+) -> aiohttp.TraceConfig:
     """An aiohttp trace for discord.py's session: each request waits for the budget before it is sent (every route
-    and every retry discord.py makes, not only ours), and a message's edit window learns from Discord's headers."""
+    and every retry discord.py makes, not only ours), and a message's edit window learns from Discord's headers.
+
+    With ``metrics``: every 429 is counted by the kind of route and the limit's scope (never the ids or the token in
+    the path), and each acknowledgement's answer is timed from the interaction's creation (its snowflake) — a late
+    one that Discord refuses (404 after 3 s) too, so slowness shows; a 429 is timed on its retry.
+    """
     trace = aiohttp.TraceConfig()
 
     async def on_start(
@@ -183,9 +210,16 @@ def budget_trace(budget: RequestBudget, clock: Callable[[], float] = time.monoto
     async def on_end(
         _session: aiohttp.ClientSession, _ctx: SimpleNamespace, params: aiohttp.TraceRequestEndParams
     ) -> None:
+        refused = params.response.status == 429
+        if metrics is not None:
+            path = params.url.path
+            if refused:
+                metrics.discord_429(route_kind(path), limit_scope(params.response.headers))
+            elif is_acknowledgement(path) and (created := interaction_created_s(path)) is not None:
+                metrics.observe_first_response_s(wall_clock() - created)
         window = edit_window.get()
         if window is not None and params.method == "PATCH":
-            learn(window, params.response.headers, clock(), refused=params.response.status == 429)
+            learn(window, params.response.headers, clock(), refused=refused)
 
     trace.on_request_start.append(on_start)
     trace.on_request_end.append(on_end)
@@ -195,6 +229,34 @@ def budget_trace(budget: RequestBudget, clock: Callable[[], float] = time.monoto
 def is_acknowledgement(path: str) -> bool:
     """``POST /interactions/{id}/{token}/callback``: the first answer to a command or a click."""
     return "/interactions/" in path and path.endswith("/callback")
+
+
+def interaction_created_s(path: str) -> float | None:
+    """When the interaction in ``/interactions/{id}/{token}/…`` was created (Unix seconds), read from its id."""
+    parts = path.split("/")
+    try:
+        snowflake = parts[parts.index("interactions") + 1]
+    except (ValueError, IndexError):
+        return None
+    return ((int(snowflake) >> 22) + DISCORD_EPOCH_MS) / 1000 if snowflake.isdigit() else None
+
+
+def route_kind(path: str) -> DiscordRoute:
+    """A bounded name for a Discord REST path: ``/interactions/…`` (an acknowledgement), ``/webhooks/…`` (the
+    interaction's replies and follow-ups), ``/channels/…/messages…``, or anything else."""
+    parts = path.split("/")
+    if "interactions" in parts:
+        return "interaction"
+    if "webhooks" in parts:
+        return "webhook"
+    if "channels" in parts and "messages" in parts:
+        return "message"
+    return "other"
+
+
+def limit_scope(headers: Mapping[str, str]) -> RateLimitScope:
+    """``X-RateLimit-Scope`` of a 429 (user, global or shared); ``unknown`` without it (Cloudflare's own 429s)."""
+    return SCOPES.get(headers.get("X-RateLimit-Scope", "").lower(), "unknown")
 
 
 def learn(window: SlidingWindow, headers: Mapping[str, str], now: float, *, refused: bool = False) -> None:

@@ -14,9 +14,10 @@ from bot.config import Settings
 from bot.errors import InputError, RefusedError
 from bot.files import JobFiles
 from bot.intake import PAINT_FILE
+from bot.job_steps import PaintGoneError
 from bot.models import Job, JobState, utcnow
 from bot.paint_links import PaintGrant, PaintLinks, UsedLinkError, load_or_create_secret
-from bot.pipeline import JobPipeline, PaintGoneError
+from bot.pipeline import JobPipeline
 from bot.progress import message_link
 from bot.store import JobStore
 

@@ -23,8 +23,6 @@ from bot.fal_models import (
 )
 from bot.intake import (
     PaintNeeded,
-    day_start,
-    month_start,
     result_file,
 )
 from bot.job_steps import RESTARTED_WHILE_CHECKING, SEGMENT_UNKNOWN, SUBMIT_UNKNOWN, JobSteps, StopJob
@@ -39,12 +37,6 @@ from bot.progress import (
 from bot.store_schema import StaleJobError
 
 log = logging.getLogger(__name__)
-
-PAINT_EXPIRED = "The link to paint the mask expired before a mask came; nothing was charged. Run /inpaint again."
-
-
-class PaintGoneError(UserFacingError):
-    """A painted mask for a job that no longer waits for one (or not from this member)."""
 
 
 class JobPipeline(JobSteps):
@@ -69,14 +61,19 @@ class JobPipeline(JobSteps):
         parent: Job,
         parent_message_id: int | None,
         prepare: Callable[[Job], Awaitable[None]],
+        *,
+        as_ran: bool = False,
     ) -> Job:
         """A job made from ``parent``'s result (SPEC 10), a full job like any other: ``prepare`` fills its inputs
-        from the job folders.
+        from the job folders. ``as_ran``: the prompt fal received and the LoRAs as the parent ran them (a reroll),
+        though the names must still be usable here.
 
         Raises:
             UserFacingError: the job was refused; nothing was submitted and nothing is charged.
         """
-        return await self._accept(options, origin, prepare, mask_file=True, parent=(parent, parent_message_id))
+        return await self._accept(
+            options, origin, prepare, mask_file=True, parent=(parent, parent_message_id), as_ran=as_ran
+        )
 
     async def _accept(
         self,
@@ -86,6 +83,7 @@ class JobPipeline(JobSteps):
         *,
         mask_file: bool,
         parent: tuple[Job, int | None] | None = None,
+        as_ran: bool = False,
     ) -> Job:
         # again: things may have changed since the cog asked
         options = await self.intake.check(options, origin, mask_file=mask_file)
@@ -101,6 +99,8 @@ class JobPipeline(JobSteps):
             parent_job_id=parent[0].id if parent is not None else None,
             parent_message_id=parent[1] if parent is not None else None,
         )
+        if parent is not None and as_ran:  # the same style and LoRAs as they ran, whatever changed in the catalog
+            job.fal_prompt, job.loras = parent[0].fal_prompt, list(parent[0].loras)
         if not await self.store.create(job, max_unfinished_per_user=self.settings.limits.max_jobs_per_user):
             raise RefusedError(self.intake.cap_text())
         log.info("job=%s guild=%s user=%s accepted", job.id, origin.guild_id, origin.user_id)
@@ -125,64 +125,6 @@ class JobPipeline(JobSteps):
             log.info("job=%s refused: %s", job.id, job.error)
             raise
         return job
-
-    async def _reserve(self, job: Job) -> None:
-        """Into the line (WAITING) if the member's cap and both budgets allow it.
-
-        Raises:
-            RefusedError: they do not; the row is unchanged.
-        """
-        user_daily, guild_monthly = await self.intake.budgets(job.origin)
-        now = self.clock()
-        reason = await self.store.reserve(
-            job,
-            user_daily_usd=user_daily,
-            guild_monthly_usd=guild_monthly,
-            day_start=day_start(now),
-            month_start=month_start(now),
-            max_unfinished_per_user=self.settings.limits.max_jobs_per_user,
-        )
-        if reason is not None:
-            raise RefusedError(await self.intake.refusal_text(reason, job, user_daily, guild_monthly))
-
-    async def paint_mask(self, job_id: str, user_id: int, mask: bytes) -> Job:
-        """The mask painted for a job in PAINTING: its inputs are built, its budget reserved, and it joins the line.
-
-        Raises:
-            PaintGoneError: the job no longer waits for this member's mask (painted, cancelled, expired, pruned).
-            InputError: the mask cannot be used; the job still waits.
-            RefusedError: the cap or a budget refuses it now; the job ended (the reply says why).
-        """
-        async with self.cancel_lock(job_id):
-            job = await self.store.get(job_id)
-            if job is None or job.state is not JobState.PAINTING or job.origin.user_id != user_id:
-                raise PaintGoneError("This link was used already, or its job has ended.")
-            if job.paint_expires_at is not None and job.paint_expires_at <= self.clock():
-                raise PaintGoneError("This link has expired; run /inpaint again.")
-            await self.intake.mask_painted(job, mask)
-            try:
-                await self._reserve(job)
-            except RefusedError as exc:
-                await self._fail(job, exc.message, billed=False)
-                raise
-        log.info("job=%s guild=%s user=%s mask painted", job.id, job.origin.guild_id, job.origin.user_id)
-        await self._show(job)
-        return job
-
-    async def expire_paintings(self) -> int:
-        """End the jobs whose mask was not painted in time; how many."""
-        ended = 0
-        for job in await self.store.list_unfinished():
-            if job.state is not JobState.PAINTING or job.paint_expires_at is None:
-                continue
-            if job.paint_expires_at > self.clock():
-                continue
-            async with self.cancel_lock(job.id):
-                current = await self.store.get(job.id)
-                if current is not None and current.state is JobState.PAINTING:
-                    await self._fail(current, PAINT_EXPIRED, billed=False)
-                    ended += 1
-        return ended
 
     async def fail_interrupted_intake(self, job: Job) -> None:
         """A job that was being checked when the process died: its uploads' links may be gone, so it ends."""
@@ -247,6 +189,7 @@ class JobPipeline(JobSteps):
         job.retry_at = None
         if status.status == "IN_PROGRESS":
             self.eta.running(job.id)
+            self._seen_running(job)
         elif status.queue_position is not None:
             self.eta.queued(job.id, status.queue_position)
         job = await self._save(job, JobState.RUNNING if status.status == "IN_PROGRESS" else JobState.QUEUED)
@@ -393,6 +336,8 @@ class JobPipeline(JobSteps):
             try:
                 async for status in self.fal.watch(handle, self._pace):
                     if status.status == "COMPLETED":
+                        self._seen_completed(job)
+                        job.completed_at = job.completed_at or self.clock()  # COMPLETED-to-posted starts here
                         return job
                     state = JobState.RUNNING if status.status == "IN_PROGRESS" else JobState.QUEUED
                     position = status.queue_position if state is JobState.QUEUED else None
@@ -404,6 +349,7 @@ class JobPipeline(JobSteps):
                         job = await self._save(job, state)
                     if state is JobState.RUNNING:
                         self.eta.running(job.id)
+                        self._seen_running(job)
                     elif position is not None:
                         self.eta.queued(job.id, position)
                     place_now = self._place(job)
@@ -474,7 +420,7 @@ class JobPipeline(JobSteps):
         job.nsfw_flags = list(output.has_nsfw_concepts)
         searched = self.settings.masks.segment_price_usd if job.segment_request_id is not None else 0.0
         job.cost_usd = round(self.settings.fal.price_per_megapixel * megapixels + searched, 6)
-        job.completed_at = self.clock()
+        job.completed_at = job.completed_at or self.clock()
         job.queue_position = None
         return await self._save(job, JobState.FETCHED)
 
@@ -509,6 +455,8 @@ class JobPipeline(JobSteps):
             job = await self._save(job)
         job = await self._save(job, JobState.DONE)
         await self.notifier.forget(job.id)
+        if self.metrics is not None and job.completed_at is not None:
+            self.metrics.observe_posted_s((self.clock() - job.completed_at).total_seconds())
         log.info(
             "job=%s guild=%s user=%s delivered %d image(s)", job.id, job.origin.guild_id, job.origin.user_id, len(files)
         )

@@ -200,6 +200,8 @@ def progress_reply(
 ) -> Reply:
     """The reply while a job is unfinished, or its text once it failed or was cancelled."""
     lines = [status_line(job, line_position=line_position, held=held, eta_s=eta_s), summary_line(job)]
+    if job.origin.reply_via == "channel":  # a reply of the bot's own: say whose job it is (a mention never pings)
+        lines[1] = f"for <@{job.origin.user_id}> · {lines[1]}"
     lines.extend(f"ℹ️ {note}" for note in job.notes)
     content = "\n".join(lines)[:MAX_CONTENT]
     cancellable = job.state in (
@@ -252,6 +254,8 @@ def result_reply(
         fields.append(("LoRAs", "\n".join(member_text(lora.label) for lora in job.loras)[:1024]))
     if job.parent_job_id is not None:
         fields.append(("From", from_text(job)))
+    if job.origin.reply_via == "channel":
+        fields.append(("By", f"<@{job.origin.user_id}>"))
     extra = list(job.notes) + list(notes)
     if withheld:
         noun = "image was" if withheld == 1 else "images were"

@@ -22,6 +22,7 @@ from bot.files import JobFiles
 from bot.intake import day_start, month_start, next_day
 from bot.iterate import EditValues, Iterations, Verb, derived_options, edit_defaults
 from bot.library import LoraLibrary
+from bot.metrics import Metrics
 from bot.models import InpaintOptions, Job, Origin, Upload, utcnow
 from bot.paint_links import PaintLinks
 from bot.painting import Painter
@@ -83,6 +84,7 @@ class JobService:
         session: aiohttp.ClientSession,
         notifier: JobNotifier,
         paint_links: PaintLinks | None = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.settings = settings
@@ -101,6 +103,7 @@ class JobService:
             admin=self.admin,
             library=self.library,
             clock=clock,
+            metrics=metrics,
         )
         self.canceller = JobCanceller(self.pipeline)
         self.iterations = Iterations(settings=settings, store=store, files=files, intake=self.pipeline.intake)
@@ -236,13 +239,16 @@ class JobService:
 
     # building on a result (SPEC 10): a full job, checked and paid for like a slash command
 
-    async def iteration_source(self, job_id: str, verb: Verb, *, user_id: int, index: int | None = None) -> Job:
-        """The result a button names, if the member may build on it (for the Edit modal's prefill).
+    async def iteration_source(self, job_id: str, verb: Verb, origin: Origin, *, index: int | None = None) -> Job:
+        """The result a button names, if the member may build on it now (for the Edit modal's prefill): the form
+        is not opened for a member who would be refused anyway.
 
         Raises:
-            UserFacingError: the job or its files are gone, or ``ui.iterate_by`` keeps it to its requester.
+            UserFacingError: access, a ban or a pause; the job or its files are gone; or ``ui.iterate_by`` keeps
+            it to its requester.
         """
-        return await self.iterations.source(job_id, user_id=user_id, verb=verb, index=index)
+        await self.pipeline.intake.check_member(origin)
+        return await self.iterations.source(job_id, user_id=origin.user_id, verb=verb, index=index)
 
     def edit_defaults(self, job: Job) -> EditValues:
         return edit_defaults(job)
@@ -274,9 +280,9 @@ class JobService:
         Raises:
             UserFacingError: the job was refused; nothing was submitted and nothing is charged.
         """
+        self._forget_checked((origin.guild_id, origin.user_id))
         if not self._accepting:
             raise RefusedError("The bot is restarting; please try again in a minute.")
-        self._forget_checked((origin.guild_id, origin.user_id))
         if draft.verb is Verb.USE:
             assert draft.index is not None
             prepare = functools.partial(self.iterations.use_result, source=draft.source, index=draft.index)
@@ -286,7 +292,9 @@ class JobService:
             prepare = functools.partial(self.iterations.paint_on_result, source=draft.source, index=draft.index or 0)
         else:
             prepare = functools.partial(self.iterations.copy_inputs, source=draft.source)
-        job = await self.pipeline.accept_from(draft.options, origin, draft.source, draft.message_id, prepare)
+        job = await self.pipeline.accept_from(
+            draft.options, origin, draft.source, draft.message_id, prepare, as_ran=draft.verb is Verb.REROLL
+        )
         log.info(
             "job=%s guild=%s user=%s made from job=%s (%s)",
             job.id,
@@ -308,6 +316,10 @@ class JobService:
             raise RefusedError("The mask painter is not enabled on this bot.")
         return await self.painter.link(job_id, user_id)
 
+    def release_check(self, origin: Origin) -> None:
+        """A checked command whose job will not be made after all (its reply could not be posted)."""
+        self._forget_checked((origin.guild_id, origin.user_id))
+
     async def mask_picture(self, job_id: str) -> bytes:
         """The mask over the image, as the job's reply showed it (the Mask button).
 
@@ -324,6 +336,8 @@ class JobService:
         """
         job = await self.store.get(job_id)
         if job is None:
+            if can_manage:
+                return []  # pruned: the clicked message itself goes
             raise InputError("This result's job is no longer stored; a moderator can delete the message.")
         if user_id != job.origin.user_id and not can_manage:
             raise RefusedError("Only the member who made this result, or someone with Manage Messages, can delete it.")

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Final
+from typing import Any, Final
 
 import aiosqlite
 from pydantic import BaseModel, ConfigDict
 
-from bot.models import FINISHED_STATES, JobState
+from bot.models import FINISHED_STATES, Job, JobState
 
 log = logging.getLogger("bot.store")  # one logger for the store, whichever of its modules speaks
 
@@ -174,6 +176,21 @@ class MemberFacts(BaseModel):
     unfinished: int
     settings: GuildSettings
 
+    @classmethod
+    def of_row(cls, guild_id: int | None, row: Sequence[Any]) -> MemberFacts:
+        """From (banned, unfinished, paused, user_daily_set, user_daily_usd, guild_monthly_set, guild_monthly_usd),
+        the guild's columns NULL when it was never configured."""
+        banned, unfinished, paused, ud_set, ud, gm_set, gm = row
+        settings = GuildSettings(
+            guild_id=guild_id or 0,
+            paused=bool(paused),
+            user_daily_set=bool(ud_set),
+            user_daily_usd=ud,
+            guild_monthly_set=bool(gm_set),
+            guild_monthly_usd=gm,
+        )
+        return cls(banned=bool(banned), unfinished=int(unfinished), settings=settings)
+
 
 class UsageRow(BaseModel):
     """One member's line in the admin usage report."""
@@ -194,6 +211,50 @@ class AdminLogEntry(BaseModel):
     actor_id: int
     action: str
     detail: str | None = None
+
+
+# what a store several processes share hands the scheduler (bot.store.SharedLine)
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """A waiting job the scheduler would start, with the budgets in force for its member (None: no limit)."""
+
+    job_id: str
+    user_daily_usd: float | None
+    guild_monthly_usd: float | None
+
+
+@dataclass(frozen=True)
+class LineRules:
+    """What a claim checks besides each member's budgets: the fal cap across every process and the member's cap."""
+
+    max_at_fal: int
+    max_unfinished_per_user: int
+    day_start: datetime
+    month_start: datetime
+
+
+@dataclass
+class ClaimResult:
+    claimed: list[Job] = field(default_factory=list)  # now this process's, as stored
+    refused: dict[str, str] = field(default_factory=dict)  # job id -> "user_limit", "user_budget", "guild_budget"
+
+
+@dataclass
+class LineSnapshot:
+    waiting: list[Job]  # every process's jobs in the line, oldest first (not those being started or just refused)
+    mine: set[str]  # the ids among them this process owns: it shows them and starts them when their turn comes
+    claimable: set[str]  # the ids it may claim: its own, and those of no live process
+    refused: list[tuple[Job, str]]  # this process's jobs a claim just left waiting, with the reason
+    active: Counter[int]  # slots in use by member: jobs at fal, and waiting jobs being started
+    last_started: dict[int, datetime]  # member -> their latest claim, whichever process made it (fair order)
+
+
+@dataclass
+class Orphans:
+    jobs: list[Job]  # unfinished jobs of no live process, now this process's: resume each as after a restart
+    next_expiry: datetime | None  # the earliest lease another process holds, when it may be taken over
 
 
 async def migrate(db: aiosqlite.Connection) -> None:

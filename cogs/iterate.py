@@ -9,12 +9,13 @@ import logging
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable
 from typing import Any, Self
 
 import discord
 from discord import app_commands
 from discord.ext import commands
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from bot.app import FluxpaintBot, answer_privately, refuse_privately, reply_once, start_in_channel
 from bot.errors import InputError
@@ -42,8 +43,8 @@ def result_view(job_id: str, shown: tuple[int, ...], *, repaint: bool = False) -
         view.add_item(item)
     if repaint and shown:
         view.add_item(RepaintButton(job_id, shown[0]))
-    for k, number in enumerate(shown[:4], start=1):
-        view.add_item(UseButton(job_id, number, label=f"Use {k}"))
+    for number in shown[:4]:  # numbered as the files are (result-2.jpg): a withheld image leaves a gap
+        view.add_item(UseButton(job_id, number))
     return view
 
 
@@ -82,9 +83,9 @@ class EditButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], tem
 
 
 class UseButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"fp:use:{JOB}:(?P<number>[1-4])"):
-    def __init__(self, job_id: str, number: int, *, label: str | None = None) -> None:
+    def __init__(self, job_id: str, number: int) -> None:
         custom_id = f"fp:use:{job_id}:{number}"
-        super().__init__(_button(label or f"Use {number}", custom_id, discord.ButtonStyle.secondary, 1))
+        super().__init__(_button(f"Use {number}", custom_id, discord.ButtonStyle.secondary, 1))
         self.job_id, self.number = job_id, number
 
     @classmethod
@@ -171,15 +172,16 @@ async def _open_edit(interaction: discord.Interaction[FluxpaintBot], job_id: str
     service = interaction.client.service
     verb = Verb.EDIT if number is None else Verb.USE
     index = None if number is None else number - 1
-    source = await refuse_privately(
-        interaction, service.iteration_source(job_id, verb, user_id=interaction.user.id, index=index)
-    )
+    origin = origin_of(interaction, None, service.settings.ui.token_ttl_s)
+    source = await refuse_privately(interaction, service.iteration_source(job_id, verb, origin, index=index))
     if source is None:
         return
     custom_id = f"{EDIT_MODAL}{job_id}" if number is None else f"{USE_MODAL}{job_id}:{number}"
     title = "Edit and run again" if number is None else f"Build on image {number}"
-    limit = service.settings.limits.max_prompt_chars
-    await interaction.response.send_modal(_edit_modal(custom_id, title, service.edit_defaults(source), limit))
+    defaults = service.edit_defaults(source)
+    # a prompt longer than a limit lowered since is shown whole, and refused when sent back (as the command would)
+    limit = max(service.settings.limits.max_prompt_chars, len(defaults.prompt))
+    await interaction.response.send_modal(_edit_modal(custom_id, title, defaults, limit))
 
 
 async def _start_from_result(
@@ -195,6 +197,7 @@ async def _start_from_result(
     origin = origin_of(interaction, None, service.settings.ui.token_ttl_s)
     index = None if number is None else number - 1
     clicked = interaction.message.id if interaction.message is not None else None  # the result itself
+    await interaction.response.defer(ephemeral=True, thinking=True)  # the checks read files: within 3 s, privately
     draft = await refuse_privately(
         interaction, service.draft(job_id, verb, origin, index=index, values=values, message_id=clicked)
     )
@@ -211,11 +214,20 @@ async def _start_from_result(
     async def begin(message_id: int) -> object:
         return await service.accept_draft(draft, _channel_origin(origin, message_id))
 
-    await start_in_channel(interaction, reference=reference, intro=f"{intro} for <@{origin.user_id}>", begin=begin)
+    await start_in_channel(
+        interaction,
+        reference=reference,
+        intro=f"{intro} for <@{origin.user_id}>",
+        begin=begin,
+        release=lambda: service.release_check(origin),
+    )
 
 
 def _channel_origin(origin: Origin, message_id: int) -> Origin:
-    return origin.model_copy(update={"message_id": message_id, "reply_via": "channel"})
+    """The job's reply is the bot's own message: the click's token has answered the clicker and is not kept."""
+    return origin.model_copy(
+        update={"message_id": message_id, "reply_via": "channel", "interaction_token": SecretStr("")}
+    )
 
 
 # modal answers
@@ -358,14 +370,15 @@ class Iterate(commands.Cog):
             return
         image = picked[1]
         service = self.bot.service
+        await interaction.response.defer(ephemeral=True, thinking=True)
         options = await refuse_privately(interaction, _message_options(answer))
         if options is None:
             return
         masks = answer.files.get("mask") or []
         mask = masks[0] if masks else None
         origin = origin_of(interaction, None, service.settings.ui.token_ttl_s)
-        await refuse_privately(interaction, service.check(options, origin, mask_file=mask is not None))
-        if interaction.response.is_done():
+        checked = await refuse_privately(interaction, _checked(service.check(options, origin, mask_file=bool(mask))))
+        if checked is None:
             return  # refused, privately
         reference = discord.MessageReference(
             message_id=message_id, channel_id=origin.channel_id, fail_if_not_exists=False
@@ -375,7 +388,14 @@ class Iterate(commands.Cog):
             return await service.accept(options, _channel_origin(origin, reply_id), image, mask)
 
         intro = f"🖌️ Inpainting this image for <@{origin.user_id}>…"
-        await start_in_channel(interaction, reference=reference, intro=intro, begin=begin)
+        await start_in_channel(
+            interaction, reference=reference, intro=intro, begin=begin, release=lambda: service.release_check(origin)
+        )
+
+
+async def _checked(check: Awaitable[None]) -> bool:
+    await check
+    return True
 
 
 async def _parsed(answer: ModalAnswer, max_num_images: int) -> EditValues:

@@ -72,6 +72,7 @@ class RepaintButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"
         service = interaction.client.service
         origin = origin_of(interaction, None, service.settings.ui.token_ttl_s)
         clicked = interaction.message.id if interaction.message is not None else None
+        await interaction.response.defer(ephemeral=True, thinking=True)
         draft = await refuse_privately(
             interaction,
             service.draft(self.job_id, Verb.REPAINT, origin, index=self.number - 1, message_id=clicked),
@@ -91,7 +92,11 @@ class RepaintButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"
             return await service.accept_draft(draft, channel_origin)
 
         job = await start_in_channel(
-            interaction, reference=reference, intro=f"🖌️ Repainting for <@{origin.user_id}>…", begin=begin
+            interaction,
+            reference=reference,
+            intro=f"🖌️ Repainting for <@{origin.user_id}>…",
+            begin=begin,
+            release=lambda: service.release_check(origin),
         )
         if job is not None:
             await _send_link(interaction, job.id)

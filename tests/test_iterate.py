@@ -3,14 +3,19 @@ fal; each click that makes a job makes a full job, paid by the clicker, replying
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import shutil
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from PIL import Image, ImageFilter, ImageStat
 
+from bot.errors import InputError
+from bot.iterate import Verb
+from bot.models import JobState
 from tests.conftest import MakeRig
 from tests.fakes.discord import FakeInteraction, FakeMessage, walk_components
 from tests.rig import BotRig, visible_text
@@ -250,3 +255,62 @@ async def test_edit_and_use_follow_ui_iterate_by(make_rig: MakeRig, iterate_by: 
         if refused:
             assert f"can {verb} it" in await answer_to(rig, click)
     assert len(rig.fal.submits) == 1
+
+
+async def test_use_buttons_are_numbered_as_the_files_when_one_is_withheld(make_rig: MakeRig) -> None:
+    rig = await make_rig(fal={"nsfw": [True, False]})
+    result = await finished_result(rig, num_images=2)
+
+    uses = {cid: label for cid, label in buttons(result).items() if cid.startswith("fp:use:")}
+    assert list(uses.values()) == ["Use 2"] and list(result.files) == ["result-2.jpg"]
+    job_id = custom_id(result, "reroll").split(":")[2]
+    assert rig.bot is not None
+    with pytest.raises(InputError, match="no image 1"):  # the withheld one cannot be built on, whatever is sent
+        await rig.bot.service.iterations.source(job_id, user_id=1, verb=Verb.USE, index=0)
+    click = await rig.discord.click(result.id, next(iter(uses)), user="bob")
+    await rig.discord.wait_for(lambda: click.modal is not None)
+    assert click.modal is not None and click.modal["title"] == "Build on image 2"
+
+
+async def test_the_clicker_pays_exactly_and_the_requester_nothing_more(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    result = await finished_result(rig)
+    before = await answer_to(rig, await rig.discord.slash("usage", user="alice"))
+
+    await answer_to(rig, await rig.discord.click(result.id, custom_id(result, "reroll"), user="bob"))
+    await new_reply(rig, result)
+    await rig.discord.wait_for(lambda: all(m.components for m in replies_to(rig, result)))
+
+    assert await answer_to(rig, await rig.discord.slash("usage", user="alice")) == before
+    spent = before.splitlines()[0]  # "Your spend today: $0.0xx": the same job, the same price
+    assert (await answer_to(rig, await rig.discord.slash("usage", user="bob"))).splitlines()[0] == spent
+
+
+async def test_a_pause_stops_a_click_and_opens_no_form(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    result = await finished_result(rig)
+    await admin(rig, "pause")
+
+    reroll = await answer_to(rig, await rig.discord.click(result.id, custom_id(result, "reroll"), user="bob"))
+    edit = await rig.discord.click(result.id, custom_id(result, "edit"), user="bob")
+    await rig.discord.wait_for(lambda: edit.original() is not None or edit.modal is not None)
+    assert "paused" in reroll and edit.modal is None and "paused" in await answer_to(rig, edit)
+    assert len(rig.fal.submits) == 1 and replies_to(rig, result) == []
+
+
+async def test_a_moderator_can_delete_a_pruned_result(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    result = await finished_result(rig)
+    job_id = custom_id(result, "delete").split(":")[2]
+    assert rig.bot is not None
+    store = rig.bot.service.store
+    for _ in range(500):  # the message shows the result a moment before the row says DONE
+        if (job := await store.get(job_id)) is not None and job.state is JobState.DONE:
+            break
+        await asyncio.sleep(0.01)
+    await store.prune(datetime.now(UTC) + timedelta(days=1))
+    assert await store.get(job_id) is None
+
+    assert "no longer stored" in await answer_to(rig, await _delete(rig, result, "bob"))
+    assert "Deleted" in await answer_to(rig, await _delete(rig, result, "mod"))
+    assert rig.discord.message(result.id).deleted

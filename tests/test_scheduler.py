@@ -1,17 +1,23 @@
 import asyncio
 import sqlite3
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 from unittest.mock import create_autospec
 
 import pytest
 from pydantic import SecretStr
 
+from bot.intake import Intake
 from bot.models import InpaintOptions, Job, JobState, Origin
 from bot.pipeline import JobPipeline
 from bot.scheduler import Scheduler, fair_order
 from bot.store import JobStore
+from tests.pg import StoreDb, pg_cluster, pg_url
+
+__all__ = ["pg_cluster", "pg_url"]  # fixtures, imported to be found here
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -167,3 +173,141 @@ async def test_a_periodic_task_survives_a_failing_pass(caplog: pytest.LogCapture
         await repeat(work, interval_s=3600, retry_s=60, what="pruning", sleep=sleep)
     assert passes == ["pass"] * 3 and pauses == [60, 3600]
     assert "pruning failed" in caplog.text
+
+
+async def test_the_line_length_is_the_waiting_jobs_of_the_last_pass() -> None:
+    pipeline = make_pipeline()
+    waiting = [job(u, m) for m, u in enumerate([1, 1, 2])]
+    scheduler = Scheduler(store=make_store(waiting), pipeline=pipeline, max_concurrent=1, clock=Clock())
+    assert scheduler.line_length == 0
+    await scheduler.fill()
+    assert scheduler.line_length == 3
+    await scheduler.close()
+
+
+# several processes on one PostgreSQL (SPEC 13): real stores, one per "process", each with its own scheduler
+
+
+def shared_pipeline() -> Any:
+    pipeline = make_pipeline()
+    pipeline.settings = SimpleNamespace(limits=SimpleNamespace(max_jobs_per_user=100))
+    pipeline.intake = create_autospec(Intake, instance=True)
+    pipeline.intake.budgets.return_value = (None, None)
+    return pipeline
+
+
+@pytest.fixture
+async def processes(pg_url: str) -> AsyncIterator[Callable[..., Awaitable[tuple[Scheduler, Any]]]]:
+    """``await process(clock)``: a store with its own pool and a scheduler on it, as one bot process has."""
+    made: list[tuple[Scheduler, Any]] = []
+
+    async def process(clock: Clock, max_concurrent: int = 3) -> tuple[Scheduler, Any]:
+        store = await StoreDb("postgresql", dsn=pg_url).open(clock, lease_s=30)
+        scheduler = Scheduler(store=store, pipeline=shared_pipeline(), max_concurrent=max_concurrent, clock=clock)
+        made.append((scheduler, store))
+        return scheduler, store
+
+    yield process
+    for scheduler, store in made:
+        await scheduler.close()
+        await store.close()
+
+
+async def accepted(store: Any, j: Job) -> Job:
+    """A job as the intake of ``store``'s process leaves it: stored, then in the line (that process's)."""
+    j.state = JobState.ACCEPTED
+    await store.create(j)
+    reason = await store.reserve(
+        j,
+        user_daily_usd=None,
+        guild_monthly_usd=None,
+        day_start=T0,
+        month_start=T0,
+        max_unfinished_per_user=100,
+    )
+    assert reason is None
+    return j
+
+
+async def test_two_processes_share_one_fair_line_and_one_fal_cap(processes: Any) -> None:
+    clock = Clock()
+    (a, store_a), (b, store_b) = await processes(clock), await processes(clock)
+    # members 1 and 2 used process a, member 3 process b; the line is every process's jobs in fair order
+    jobs_a = [await accepted(store_a, job(u, m)) for m, u in enumerate([1, 1, 1, 2, 2])]
+    jobs_b = [await accepted(store_b, job(3, m)) for m in range(5, 10)]
+    await a.resume()
+    await b.resume()
+
+    await asyncio.gather(a.fill(), b.fill())
+    await asyncio.gather(a.fill(), b.fill())  # nothing more: the cap is full
+
+    started_a = [c.args[0].id for c in a.pipeline.run.call_args_list]
+    started_b = [c.args[0].id for c in b.pipeline.run.call_args_list]
+    # the first three of the fair order (members 1, 2, 3), each started by the process it belongs to
+    assert started_a == [jobs_a[0].id, jobs_a[3].id] and started_b == [jobs_b[0].id]
+    assert a.line_length == b.line_length == 7
+    # each member is told their place by their own process only, and the places count every process's jobs
+    shown_a = {c.args[0].id: c.kwargs.get("position") for c in a.pipeline.show_waiting.call_args_list}
+    shown_b = {c.args[0].id: c.kwargs.get("position") for c in b.pipeline.show_waiting.call_args_list}
+    assert set(shown_a) == {j.id for j in jobs_a[1:3] + jobs_a[4:]} and set(shown_b) == {j.id for j in jobs_b[1:]}
+    assert sorted([*shown_a.values(), *shown_b.values()]) == list(range(1, 8))
+
+
+async def test_a_dead_process_s_jobs_are_taken_over_when_its_lease_runs_out(processes: Any) -> None:
+    clock = Clock()
+    (a, store), (b, _) = await processes(clock), await processes(clock)
+    queued = job(1, 0, JobState.QUEUED)
+    queued.request_id = "req-1"
+    await store.create(queued)
+    await a.resume()
+    assert [c.args[0].id for c in a.pipeline.run.call_args_list] == [queued.id]
+    await b.resume()
+    b.pipeline.run.assert_not_called()  # a carries it
+
+    clock.now = T0 + timedelta(seconds=20)
+    await a.keep_leases()  # renewed until T0 + 50 s; then a stops renewing, as a process killed with -9 does
+    clock.now = T0 + timedelta(seconds=45)
+    assert await b.keep_leases() == pytest.approx(5.2)  # it looks again right after a's lease runs out
+    b.pipeline.run.assert_not_called()
+
+    clock.now = T0 + timedelta(seconds=50.2)
+    await b.keep_leases()
+    (resumed,) = [c.args[0] for c in b.pipeline.run.call_args_list]
+    assert (resumed.id, resumed.state, resumed.request_id) == (queued.id, JobState.QUEUED, "req-1")  # watched again
+
+    (task,) = a._tasks.values()
+    await a.keep_leases()  # a comes back (it was only stalled): it learns the job is b's and stops carrying it
+    await asyncio.wait([task], timeout=5)
+    assert task.cancelled() and a._tasks == {}
+
+
+async def test_an_intake_is_failed_only_once_its_process_is_gone(processes: Any) -> None:
+    clock = Clock()
+    (_a, store), (b, _) = await processes(clock), await processes(clock)
+    checking = job(1, 0, JobState.ACCEPTED)
+    await store.create(checking)  # a is checking the upload
+    await b.resume()
+    b.pipeline.fail_interrupted_intake.assert_not_called()
+    clock.now = T0 + timedelta(seconds=31)
+    await b.keep_leases()
+    await asyncio.sleep(0)  # the task that ends it runs
+    (call,) = b.pipeline.fail_interrupted_intake.call_args_list
+    assert call.args[0].id == checking.id
+    b.pipeline.run.assert_not_called()
+
+
+async def test_a_process_that_stops_gives_its_jobs_back_at_once(processes: Any) -> None:
+    clock = Clock()
+    (a, store), (b, _) = await processes(clock), await processes(clock)
+    running = job(1, 0, JobState.RUNNING)
+    submitting = job(2, 1, JobState.SUBMITTING)
+    for j in (running, submitting):
+        await store.create(j)
+    await a.resume()
+    await a.close()  # SIGTERM: no lease to wait for, except on the job that may be on the wire
+
+    await b.resume()
+    assert [c.args[0].id for c in b.pipeline.run.call_args_list] == [running.id]
+    clock.now = T0 + timedelta(seconds=31)
+    await b.keep_leases()
+    assert [c.args[0].id for c in b.pipeline.run.call_args_list] == [running.id, submitting.id]

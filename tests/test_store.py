@@ -3,13 +3,27 @@ import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 from pydantic import SecretStr
 
 from bot.models import InpaintOptions, Job, JobState, Origin
-from bot.store import JobStore
-from bot.store_schema import DEFAULT, MIGRATIONS, GuildSettings, StaleJobError, StoreError
+from bot.store import JobStore, Store
+from bot.store_pg_schema import PG_MIGRATIONS
+from bot.store_schema import (
+    DEFAULT,
+    MIGRATIONS,
+    ClaimRequest,
+    GuildSettings,
+    LineRules,
+    StaleJobError,
+    StoreError,
+)
+from tests.pg import PASSWORD, StoreDb, pg_cluster, pg_url, store_db
+
+__all__ = ["pg_cluster", "pg_url", "store_db"]  # fixtures, imported to be found here
 
 T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 DAY = T0.replace(hour=0)
@@ -54,14 +68,9 @@ def make_job(
     )
 
 
-async def created(store: JobStore, job: Job) -> Job:
+async def created(store: Store, job: Job) -> Job:
     await store.create(job)
     return job
-
-
-def db_text(path: Path) -> str:
-    """Everything SQLite wrote, WAL included, as text: a secret written anywhere shows up here."""
-    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*")).decode("latin-1")
 
 
 @pytest.fixture
@@ -75,13 +84,14 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def store(db_path: Path, clock: Clock) -> AsyncIterator[JobStore]:
-    async with await JobStore.open(db_path, clock=clock) as s:
+async def store(store_db: StoreDb, clock: Clock) -> AsyncIterator[Any]:
+    """A store on this test's database, SQLite or PostgreSQL: every test that takes it runs against both."""
+    async with await store_db.open(clock) as s:
         yield s
 
 
 async def reserve(
-    store: JobStore,
+    store: Store,
     job: Job,
     *,
     user_daily: float | None = None,
@@ -101,7 +111,7 @@ async def reserve(
 # jobs
 
 
-async def test_full_job_round_trips_with_its_token_and_utc_datetimes(store: JobStore) -> None:
+async def test_full_job_round_trips_with_its_token_and_utc_datetimes(store: Store) -> None:
     job = make_job(state=JobState.QUEUED, estimate=0.07)
     job.request_id = "req-1"
     job.status_url = "https://queue.fal.run/x/requests/req-1/status"
@@ -122,26 +132,27 @@ async def test_full_job_round_trips_with_its_token_and_utc_datetimes(store: JobS
     assert loaded.submitted_at is not None and loaded.submitted_at.utcoffset() == timedelta(0)
 
 
-async def test_the_token_is_not_in_reprs(store: JobStore) -> None:
+async def test_the_token_is_not_in_reprs(store: Store) -> None:
     job = make_job()
     await store.create(job)
     assert TOKEN not in repr(await store.get(job.id))
     assert TOKEN not in repr(store)
+    assert PASSWORD not in repr(store)  # the DSN's password (PostgreSQL)
 
 
-async def test_get_unknown_job_is_none(store: JobStore) -> None:
+async def test_get_unknown_job_is_none(store: Store) -> None:
     assert await store.get("0" * 32) is None
 
 
-async def test_create_refuses_a_duplicate_id(store: JobStore) -> None:
+async def test_create_refuses_a_duplicate_id(store: Store, store_db: StoreDb) -> None:
     job = make_job()
     await store.create(job)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(store_db.duplicate_error):
         await store.create(job)
 
 
 async def test_save_stamps_updated_at_and_is_visible_to_a_second_connection(
-    store: JobStore, db_path: Path, clock: Clock
+    store: Store, store_db: StoreDb, clock: Clock
 ) -> None:
     job = make_job()
     await store.create(job)
@@ -152,19 +163,19 @@ async def test_save_stamps_updated_at_and_is_visible_to_a_second_connection(
     returned = await store.save(job)
 
     assert returned is job and job.updated_at == clock.now
-    async with await JobStore.open(db_path) as other:
+    async with await store_db.open() as other:
         seen = await other.get(job.id)
         assert seen is not None and seen.state is JobState.RUNNING and seen.updated_at == clock.now
         assert seen.request_id == "req-9" and seen.version == job.version == 1
 
 
-async def test_a_job_that_was_never_created_cannot_be_saved(store: JobStore) -> None:
+async def test_a_job_that_was_never_created_cannot_be_saved(store: Store) -> None:
     with pytest.raises(StaleJobError):
         await store.save(make_job(state=JobState.WAITING))
     assert await store.list_unfinished() == []
 
 
-async def test_a_late_writer_cannot_overwrite_a_newer_state(store: JobStore) -> None:
+async def test_a_late_writer_cannot_overwrite_a_newer_state(store: Store) -> None:
     job = make_job(state=JobState.RUNNING)
     await store.create(job)
     runner_copy, cancel_copy = await store.get(job.id), await store.get(job.id)
@@ -182,7 +193,7 @@ async def test_a_late_writer_cannot_overwrite_a_newer_state(store: JobStore) -> 
     await store.save(seen)
 
 
-async def test_create_with_a_cap_counts_jobs_still_being_checked(store: JobStore) -> None:
+async def test_create_with_a_cap_counts_jobs_still_being_checked(store: Store) -> None:
     assert await store.create(make_job(state=JobState.ACCEPTED), max_unfinished_per_user=2)
     assert await store.create(make_job(state=JobState.WAITING), max_unfinished_per_user=2)
     third = make_job(state=JobState.ACCEPTED)
@@ -191,7 +202,7 @@ async def test_create_with_a_cap_counts_jobs_still_being_checked(store: JobStore
     assert await store.create(make_job(user=11), max_unfinished_per_user=2)
 
 
-async def test_tokens_are_forgotten_once_expired_or_finished(store: JobStore, clock: Clock) -> None:
+async def test_tokens_are_forgotten_once_expired_or_finished(store: Store, store_db: StoreDb, clock: Clock) -> None:
     live, finished, expired = make_job(state=JobState.RUNNING), make_job(state=JobState.RUNNING), make_job()
     expired.origin = expired.origin.model_copy(update={"token_expires_at": T0 - timedelta(seconds=1)})
     for job in (live, finished, expired):
@@ -203,13 +214,14 @@ async def test_tokens_are_forgotten_once_expired_or_finished(store: JobStore, cl
     assert (await store.get(finished.id)).origin.interaction_token.get_secret_value() == ""  # type: ignore[union-attr]
 
     clock.now = T0 + timedelta(minutes=16)
-    await store.forget_expired_tokens()
-    assert TOKEN not in db_text(store.path)
+    assert TOKEN in await store_db.text()
+    assert await store.forget_expired_tokens() == 1
+    assert TOKEN not in await store_db.text()
     reloaded = await store.get(live.id)
     assert reloaded is not None and reloaded.origin.interaction_token.get_secret_value() == ""
 
 
-async def test_list_unfinished_is_oldest_first_and_skips_finished(store: JobStore) -> None:
+async def test_list_unfinished_is_oldest_first_and_skips_finished(store: Store) -> None:
     late = make_job(state=JobState.WAITING, created_at=T0 + timedelta(minutes=2))
     early = make_job(state=JobState.RUNNING, created_at=T0)
     middle = make_job(state=JobState.ACCEPTED, created_at=T0 + timedelta(minutes=1))
@@ -222,7 +234,7 @@ async def test_list_unfinished_is_oldest_first_and_skips_finished(store: JobStor
     assert [j.id for j in await store.list_unfinished()] == [early.id, middle.id, late.id]
 
 
-async def test_the_waiting_line_holds_waiting_jobs_and_counts_the_rest_at_fal_by_member(store: JobStore) -> None:
+async def test_the_waiting_line_holds_waiting_jobs_and_counts_the_rest_at_fal_by_member(store: Store) -> None:
     second = make_job(1, state=JobState.WAITING, created_at=T0 + timedelta(minutes=1))
     first = make_job(2, state=JobState.WAITING, created_at=T0)
     at_fal = [
@@ -243,7 +255,7 @@ async def test_the_waiting_line_holds_waiting_jobs_and_counts_the_rest_at_fal_by
     assert active == {1: 2, 3: 1}
 
 
-async def test_counts(store: JobStore) -> None:
+async def test_counts(store: Store) -> None:
     for user, state in [
         (1, JobState.ACCEPTED),
         (1, JobState.QUEUED),
@@ -259,7 +271,7 @@ async def test_counts(store: JobStore) -> None:
     assert await store.count_unfinished(3) == 0
 
 
-async def test_prune_removes_only_old_finished_jobs(store: JobStore, clock: Clock) -> None:
+async def test_prune_removes_only_old_finished_jobs(store: Store, clock: Clock) -> None:
     clock.now = T0 - timedelta(days=40)
     old_done = await created(store, make_job(state=JobState.DONE, created_at=clock.now))
     old_failed = await created(store, make_job(state=JobState.FAILED, created_at=clock.now))
@@ -276,7 +288,7 @@ async def test_prune_removes_only_old_finished_jobs(store: JobStore, clock: Cloc
     assert await store.prune(T0 - timedelta(days=30)) == []
 
 
-async def test_naive_datetimes_are_refused(store: JobStore) -> None:
+async def test_naive_datetimes_are_refused(store: Store) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         await store.spend(user_id=1, since=datetime(2026, 1, 1))
 
@@ -323,10 +335,60 @@ async def test_a_newer_schema_is_refused(db_path: Path) -> None:
         await JobStore.open(db_path)
 
 
+async def pg_schema_version(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT MAX(version) FROM fluxpaint_schema"))
+    finally:
+        await conn.close()
+
+
+async def test_a_fresh_postgresql_database_is_migrated_once_by_two_processes_at_once(pg_url: str) -> None:
+    stores = await asyncio.gather(*(StoreDb("postgresql", dsn=pg_url).open() for _ in range(2)))
+    job = make_job()
+    await stores[0].create(job)
+    assert await stores[1].get(job.id) is not None
+    for store in stores:
+        await store.close()
+    assert await pg_schema_version(pg_url) == len(PG_MIGRATIONS)
+    async with await StoreDb("postgresql", dsn=pg_url).open() as again:
+        assert await again.get(job.id) is not None
+    assert await pg_schema_version(pg_url) == len(PG_MIGRATIONS)
+
+
+async def test_a_failing_postgresql_migration_leaves_the_previous_schema(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with await StoreDb("postgresql", dsn=pg_url).open():
+        pass
+    broken = "CREATE TABLE half_done (a INTEGER); CREATE TABLE half_done (a INTEGER);"
+    monkeypatch.setattr("bot.store_pg_schema.PG_MIGRATIONS", (*PG_MIGRATIONS, broken))
+    with pytest.raises(asyncpg.DuplicateTableError):
+        await StoreDb("postgresql", dsn=pg_url).open()
+    assert await pg_schema_version(pg_url) == len(PG_MIGRATIONS)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        assert await conn.fetchval("SELECT to_regclass('half_done')") is None
+    finally:
+        await conn.close()
+
+
+async def test_a_newer_postgresql_schema_is_refused(pg_url: str) -> None:
+    async with await StoreDb("postgresql", dsn=pg_url).open():
+        pass
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("INSERT INTO fluxpaint_schema (version) VALUES ($1)", len(PG_MIGRATIONS) + 1)
+    finally:
+        await conn.close()
+    with pytest.raises(StoreError):
+        await StoreDb("postgresql", dsn=pg_url).open()
+
+
 # money
 
 
-async def test_spend_counts_in_flight_estimates_and_actual_costs(store: JobStore) -> None:
+async def test_spend_counts_in_flight_estimates_and_actual_costs(store: Store) -> None:
     for job in [
         make_job(state=JobState.WAITING, estimate=0.10),
         make_job(state=JobState.RUNNING, estimate=0.20),
@@ -346,7 +408,7 @@ async def test_spend_counts_in_flight_estimates_and_actual_costs(store: JobStore
     assert await store.spend(user_id=10, since=T0 + timedelta(seconds=1)) == 0.0
 
 
-async def test_twenty_concurrent_reserves_against_a_budget_for_five(store: JobStore) -> None:
+async def test_twenty_concurrent_reserves_against_a_budget_for_five(store: Store) -> None:
     jobs = [make_job(estimate=0.2) for _ in range(20)]
     for job in jobs:
         await store.create(job)
@@ -361,18 +423,18 @@ async def test_twenty_concurrent_reserves_against_a_budget_for_five(store: JobSt
     assert all(job.state is JobState.ACCEPTED for job in refused)
 
 
-async def test_reserve_sets_waiting_durably(store: JobStore, db_path: Path, clock: Clock) -> None:
+async def test_reserve_sets_waiting_durably(store: Store, store_db: StoreDb, clock: Clock) -> None:
     job = make_job(estimate=0.1)
     await store.create(job)
     clock.now = T0 + timedelta(seconds=30)
     assert await reserve(store, job) is None
     assert job.state is JobState.WAITING and job.updated_at == clock.now
-    async with await JobStore.open(db_path) as other:
+    async with await store_db.open() as other:
         seen = await other.get(job.id)
         assert seen is not None and seen.state is JobState.WAITING
 
 
-async def test_max_unfinished_per_user(store: JobStore) -> None:
+async def test_max_unfinished_per_user(store: Store) -> None:
     jobs = [make_job() for _ in range(4)]
     other_user = make_job(user=11)
     for job in [*jobs, other_user]:
@@ -384,21 +446,21 @@ async def test_max_unfinished_per_user(store: JobStore) -> None:
     assert await reserve(store, other_user, max_jobs=2) is None
 
 
-async def test_jobs_being_validated_do_not_count_towards_the_limit(store: JobStore) -> None:
+async def test_jobs_being_validated_do_not_count_towards_the_limit(store: Store) -> None:
     await store.create(make_job(state=JobState.ACCEPTED))
     job = make_job()
     await store.create(job)
     assert await reserve(store, job, max_jobs=1) is None
 
 
-async def test_finished_jobs_free_the_limit(store: JobStore) -> None:
+async def test_finished_jobs_free_the_limit(store: Store) -> None:
     await store.create(make_job(state=JobState.DONE))
     job = make_job()
     await store.create(job)
     assert await reserve(store, job, max_jobs=1) is None
 
 
-async def test_a_budget_that_fits_exactly_passes(store: JobStore) -> None:
+async def test_a_budget_that_fits_exactly_passes(store: Store) -> None:
     await store.create(make_job(state=JobState.DONE, cost=0.1))
     await store.create(make_job(state=JobState.DONE, cost=0.2))
     job = make_job(estimate=0.3)
@@ -406,7 +468,7 @@ async def test_a_budget_that_fits_exactly_passes(store: JobStore) -> None:
     assert await reserve(store, job, user_daily=0.6) is None  # 0.1 + 0.2 + 0.3 > 0.6 in floats
 
 
-async def test_guild_budget(store: JobStore) -> None:
+async def test_guild_budget(store: Store) -> None:
     await store.create(make_job(user=20, state=JobState.DONE, cost=4.5, created_at=MONTH + timedelta(days=1)))
     await store.create(make_job(user=21, state=JobState.DONE, cost=9.0, created_at=MONTH - timedelta(days=1)))
     fits, too_much = make_job(estimate=0.5), make_job(estimate=0.01)
@@ -419,13 +481,13 @@ async def test_guild_budget(store: JobStore) -> None:
     assert await reserve(store, dm, guild_monthly=5.0) is None  # no guild, no guild budget
 
 
-async def test_user_budget_is_checked_before_guild_budget(store: JobStore) -> None:
+async def test_user_budget_is_checked_before_guild_budget(store: Store) -> None:
     job = make_job(estimate=2.0)
     await store.create(job)
     assert await reserve(store, job, user_daily=1.0, guild_monthly=1.0) == "user_budget"
 
 
-async def test_yesterdays_jobs_do_not_count_against_today(store: JobStore) -> None:
+async def test_yesterdays_jobs_do_not_count_against_today(store: Store) -> None:
     await store.create(make_job(state=JobState.DONE, cost=0.9, created_at=DAY - timedelta(microseconds=1)))
     await store.create(make_job(state=JobState.DONE, cost=0.3, created_at=DAY))
     job = make_job(estimate=0.7)
@@ -436,14 +498,14 @@ async def test_yesterdays_jobs_do_not_count_against_today(store: JobStore) -> No
     assert await reserve(store, late, user_daily=1.0) == "user_budget"
 
 
-async def test_reserving_a_job_twice_does_not_count_it_twice(store: JobStore) -> None:
+async def test_reserving_a_job_twice_does_not_count_it_twice(store: Store) -> None:
     job = make_job(estimate=0.6)
     await store.create(job)
     assert await reserve(store, job, user_daily=1.0, max_jobs=1) is None
     assert await reserve(store, job, user_daily=1.0, max_jobs=1) is None
 
 
-async def test_usage_report(store: JobStore) -> None:
+async def test_usage_report(store: Store) -> None:
     big = make_job(20, state=JobState.DONE, cost=0.6)
     big.result_files = ["result-1.jpg", "result-2.jpg"]
     small = make_job(21, state=JobState.DONE, cost=0.1)
@@ -470,15 +532,15 @@ async def test_usage_report(store: JobStore) -> None:
 # guild admin state
 
 
-async def test_guild_defaults(store: JobStore) -> None:
+async def test_guild_defaults(store: Store) -> None:
     settings = await store.guild_settings(1)
     assert settings == GuildSettings(guild_id=1)
     assert settings.user_daily(2.5) == 2.5 and settings.guild_monthly(None) is None
     assert await store.bans(1) == [] and await store.admin_log(1) == []
 
 
-async def test_admin_state_survives_reopen_and_is_logged(db_path: Path, clock: Clock) -> None:
-    async with await JobStore.open(db_path, clock=clock) as store:
+async def test_admin_state_survives_reopen_and_is_logged(store_db: StoreDb, clock: Clock) -> None:
+    async with await store_db.open(clock) as store:
         await store.set_paused(1, True, by=500)
         await store.set_paused(1, True, by=500)  # no change, no entry
         await store.set_budgets(1, user_daily_usd=2.0, by=500)
@@ -490,7 +552,7 @@ async def test_admin_state_survives_reopen_and_is_logged(db_path: Path, clock: C
         assert await store.unban(1, 78, by=501) is False
         await store.ban(2, 78, by=600, reason=None)
 
-    async with await JobStore.open(db_path, clock=clock) as store:
+    async with await store_db.open(clock) as store:
         settings = await store.guild_settings(1)
         assert settings.paused
         assert settings.user_daily(5.0) == 2.0
@@ -511,7 +573,7 @@ async def test_admin_state_survives_reopen_and_is_logged(db_path: Path, clock: C
         assert len(await store.admin_log(1, limit=2)) == 2
 
 
-async def test_budgets_go_back_to_default_and_zero_stops_spending(store: JobStore) -> None:
+async def test_budgets_go_back_to_default_and_zero_stops_spending(store: Store) -> None:
     await store.set_budgets(1, user_daily_usd=0.0, guild_monthly_usd=50, by=5)
     settings = await store.guild_settings(1)
     assert settings.user_daily(3.0) == 0.0 and settings.guild_monthly(None) == 50.0
@@ -529,20 +591,20 @@ async def test_budgets_go_back_to_default_and_zero_stops_spending(store: JobStor
 
 
 @pytest.mark.parametrize("amount", [-1.0, float("nan"), float("inf")], ids=["negative", "nan", "inf"])
-async def test_bad_budgets_are_refused(store: JobStore, amount: float) -> None:
+async def test_bad_budgets_are_refused(store: Store, amount: float) -> None:
     with pytest.raises(ValueError):
         await store.set_budgets(1, user_daily_usd=amount, by=5)
     assert await store.admin_log(1) == []
 
 
-async def test_resume_is_logged(store: JobStore) -> None:
+async def test_resume_is_logged(store: Store) -> None:
     await store.set_paused(1, True, by=5)
     await store.set_paused(1, False, by=6)
     assert [(e.action, e.actor_id) for e in await store.admin_log(1)] == [("resume", 6), ("pause", 5)]
     assert not (await store.guild_settings(1)).paused
 
 
-async def test_cancelled_writers_leave_the_store_usable(store: JobStore) -> None:
+async def test_cancelled_writers_leave_the_store_usable(store: Store) -> None:
     jobs = [make_job(estimate=0.1) for _ in range(10)]
     for job in jobs:
         await store.create(job)
@@ -561,7 +623,7 @@ async def test_cancelled_writers_leave_the_store_usable(store: JobStore) -> None
     assert {job.id for job, task in zip(jobs, tasks, strict=True) if not task.cancelled()} <= waiting
 
 
-async def test_a_member_daily_budget_counts_only_the_spend_in_its_server(store: JobStore) -> None:
+async def test_a_member_daily_budget_counts_only_the_spend_in_its_server(store: Store) -> None:
     elsewhere = make_job(guild=2, state=JobState.DONE, cost=0.9)
     await store.create(elsewhere)
     here = make_job(guild=1, estimate=0.5)
@@ -572,18 +634,271 @@ async def test_a_member_daily_budget_counts_only_the_spend_in_its_server(store: 
     assert await reserve(store, another, user_daily=1.0) == "user_budget"
 
 
-async def test_a_save_that_fails_leaves_the_job_matching_its_row(store: JobStore) -> None:
+async def test_a_save_that_fails_leaves_the_job_matching_its_row(store: Any, store_db: StoreDb) -> None:
     job = make_job(state=JobState.QUEUED)
     await store.create(job)
     # the write itself fails (as a full disk would), after the version was bumped for it
-    await store._db.execute(
-        "CREATE TEMP TRIGGER fail_running BEFORE UPDATE ON jobs WHEN NEW.state = 'running' "
-        "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
-    )
+    if store_db.kind == "sqlite":
+        await store._db.execute(
+            "CREATE TEMP TRIGGER fail_running BEFORE UPDATE ON jobs WHEN NEW.state = 'running' "
+            "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+        )
+    else:
+        await store._pool.execute(
+            "CREATE FUNCTION fail_running() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'disk I/O error'; END $$; "
+            "CREATE TRIGGER fail_running BEFORE UPDATE ON jobs FOR EACH ROW WHEN (NEW.state = 'running') "
+            "EXECUTE FUNCTION fail_running()"
+        )
     job.state = JobState.RUNNING
-    with pytest.raises(sqlite3.DatabaseError):
+    with pytest.raises((sqlite3.DatabaseError, asyncpg.PostgresError)):
         await store.save(job)
     assert job.version == 0  # still the row's version: the next save (a FAILED) goes through
     job.state = JobState.FAILED
     await store.save(job)
     assert (await store.get(job.id)).state is JobState.FAILED  # type: ignore[union-attr]
+
+
+async def test_jobs_are_counted_by_state_for_the_metrics(store: Store) -> None:
+    for state in (JobState.WAITING, JobState.WAITING, JobState.RUNNING, JobState.DONE):
+        await store.create(make_job(state=state))
+    counts = await store.count_by_state()
+    assert counts == {s.value: 0 for s in JobState} | {"waiting": 2, "running": 1, "done": 1}
+
+
+async def test_catalog_entries_round_trip_and_names_are_unique_per_guild(store: Store) -> None:
+    data = '{"name":"pixel-art","url":"https://huggingface.co/x/pixel.safetensors","scale":0.8}'
+    assert await store.add_catalog_entry(1, "lora", "pixel-art", data, by=5)
+    assert not await store.add_catalog_entry(1, "lora", "pixel-art", data, by=6)
+    assert await store.add_catalog_entry(2, "lora", "pixel-art", data, by=6)
+    assert await store.remove_catalog_entry(2, "lora", "pixel-art", by=6)
+    assert not await store.remove_catalog_entry(2, "lora", "pixel-art", by=6)
+    assert [e.action for e in await store.admin_log(1)] == ["lora add"]
+    assert [e.action for e in await store.admin_log(2)] == ["lora remove", "lora add"]
+    assert await store.catalog_entries(2) == ([], [])
+
+
+async def test_recent_jobs_are_the_members_own_in_this_server_newest_first(store: Store) -> None:
+    jobs = [make_job(created_at=T0 + timedelta(minutes=m)) for m in range(3)]
+    for job in [*jobs, make_job(guild=2), make_job(user=11), make_job(guild=None)]:
+        await store.create(job)
+    recent = await store.recent_jobs(user_id=10, guild_id=1, limit=2)
+    assert [j.id for j in recent] == [jobs[2].id, jobs[1].id]
+    assert len(await store.recent_jobs(user_id=10, guild_id=None)) == 1  # DMs are a "server" of their own
+
+
+# several processes on one PostgreSQL (SPEC 13): two stores, each with its own pool, as two processes have
+
+
+def rules(max_at_fal: int, max_jobs: int = 100) -> LineRules:
+    return LineRules(max_at_fal=max_at_fal, max_unfinished_per_user=max_jobs, day_start=DAY, month_start=MONTH)
+
+
+def asks(jobs: list[Job], *, user_daily: float | None = None) -> list[ClaimRequest]:
+    return [ClaimRequest(job.id, user_daily, None) for job in jobs]
+
+
+@pytest.fixture
+async def two(pg_url: str, clock: Clock) -> AsyncIterator[tuple[Any, Any]]:
+    """Two processes' stores on one PostgreSQL database, on one clock (leases run out when the test says)."""
+    a = await StoreDb("postgresql", dsn=pg_url).open(clock, lease_s=30)
+    b = await StoreDb("postgresql", dsn=pg_url).open(clock, lease_s=30)
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+async def owners(store: Any) -> dict[str, str | None]:
+    return {row["id"]: row["owner"] for row in await store._pool.fetch("SELECT id, owner FROM jobs")}
+
+
+async def test_skip_locked_claims_never_hand_one_job_to_two_owners(two: tuple[Any, Any]) -> None:
+    a, b = two
+    jobs = [make_job(user=u % 7, state=JobState.WAITING) for u in range(40)]
+    for job in jobs:
+        await a.create(job)
+
+    async def claim_all(store: Any, order: list[Job]) -> list[str]:
+        claimed: list[str] = []
+        for start in range(0, len(order), 4):  # many small claims, interleaving with the other store's
+            result = await store.claim_waiting(asks(order[start : start + 8]), rules(max_at_fal=100))
+            claimed += [job.id for job in result.claimed]
+        return claimed
+
+    by_a, by_b = await asyncio.gather(claim_all(a, jobs), claim_all(b, jobs[::-1]))
+
+    assert not set(by_a) & set(by_b) and len(by_a) == len(set(by_a)) and len(by_b) == len(set(by_b))
+    assert sorted(by_a + by_b) == sorted(job.id for job in jobs)
+    stored = await owners(a)
+    assert {stored[i] for i in by_a} == {a.owner} and {stored[i] for i in by_b} == {b.owner}
+
+
+async def test_the_fal_cap_holds_across_two_processes(two: tuple[Any, Any]) -> None:
+    a, b = two
+    at_fal = make_job(user=1, state=JobState.RUNNING)
+    waiting = [make_job(user=u, state=JobState.WAITING) for u in range(20)]
+    for job in [at_fal, *waiting]:
+        await a.create(job)
+
+    results = await asyncio.gather(
+        *(store.claim_waiting(asks(waiting[i::2]), rules(max_at_fal=4)) for i, store in enumerate([a, b, a, b]))
+    )
+
+    claimed = [job for result in results for job in result.claimed]
+    assert len(claimed) == 3  # the job already at fal holds the fourth slot
+    snapshot = await b.line_snapshot()
+    assert sum(snapshot.active.values()) == 4 and len(snapshot.waiting) == 17
+    assert {job.id for job in snapshot.waiting}.isdisjoint(job.id for job in claimed)
+    assert (await b.claim_waiting(asks(waiting), rules(max_at_fal=4))).claimed == []
+
+    at_fal.state = JobState.DONE  # a slot frees: one more, and only one
+    await a.save(at_fal)
+    again = await asyncio.gather(*(s.claim_waiting(asks(waiting), rules(max_at_fal=4)) for s in (a, b)))
+    assert sum(len(result.claimed) for result in again) == 1
+
+
+async def test_a_lease_that_runs_out_is_taken_over_and_the_old_owner_learns_it(
+    two: tuple[Any, Any], clock: Clock
+) -> None:
+    a, b = two
+    job = make_job(state=JobState.QUEUED)
+    await a.create(job)
+    assert [j.id for j in (await a.claim_orphans()).jobs] == [job.id]  # unowned: taken at once
+
+    clock.now = T0 + timedelta(seconds=20)
+    orphans = await b.claim_orphans()
+    assert orphans.jobs == [] and orphans.next_expiry == T0 + timedelta(seconds=30)
+    assert await a.renew([job.id]) == set()  # renewed until T0 + 50 s
+
+    clock.now = T0 + timedelta(seconds=45)
+    assert (await b.claim_orphans()).jobs == []
+    clock.now = T0 + timedelta(seconds=50)  # a stopped renewing: its lease ran out
+    taken = await b.claim_orphans()
+    assert [(j.id, j.state, j.request_id) for j in taken.jobs] == [(job.id, JobState.QUEUED, job.request_id)]
+    assert (await owners(a))[job.id] == b.owner
+    assert await a.renew([job.id]) == {job.id}  # a learns it lost the job, and stops carrying it
+    assert (await a.claim_orphans()).jobs == []
+
+
+async def test_jobs_being_checked_are_renewed_and_taken_over_only_once_their_process_is_gone(
+    two: tuple[Any, Any], clock: Clock
+) -> None:
+    a, b = two
+    checking = make_job(state=JobState.ACCEPTED)
+    await a.create(checking)
+    clock.now = T0 + timedelta(seconds=25)
+    await a.renew([])  # the lease loop renews the intakes it runs without being told their ids
+    clock.now = T0 + timedelta(seconds=40)
+    assert (await b.claim_orphans()).jobs == []
+    clock.now = T0 + timedelta(seconds=56)
+    (taken,) = (await b.claim_orphans()).jobs
+    assert taken.id == checking.id and taken.state is JobState.ACCEPTED
+
+
+async def test_a_process_that_stops_hands_its_jobs_over_but_one_on_the_wire_keeps_its_lease(
+    two: tuple[Any, Any], clock: Clock
+) -> None:
+    a, b = two
+    queued, submitting, back_in_line = (
+        make_job(state=s, created_at=T0 + timedelta(seconds=n))
+        for n, s in enumerate((JobState.QUEUED, JobState.SUBMITTING, JobState.WAITING))
+    )
+    for job in (queued, submitting, back_in_line):
+        await a.create(job)
+    await a.claim_orphans()
+
+    await a.release([queued.id, submitting.id, back_in_line.id], hand_over=True)
+
+    stored = await owners(a)
+    assert stored[queued.id] is None and stored[back_in_line.id] is None and stored[submitting.id] == a.owner
+    assert [j.id for j in (await b.claim_orphans()).jobs] == [queued.id, back_in_line.id]
+    clock.now = T0 + timedelta(seconds=20)
+    assert await b.renew([]) == set()
+    clock.now = T0 + timedelta(seconds=31)  # only once a's lease ran out: then "maybe sent", never re-sent
+    assert [j.id for j in (await b.claim_orphans()).jobs] == [submitting.id]
+
+
+async def test_a_job_back_in_line_frees_its_slot_and_stays_its_process_s(two: tuple[Any, Any]) -> None:
+    a, b = two
+    job = make_job()
+    await a.create(job)
+    assert await reserve(a, job) is None
+    assert len((await a.claim_waiting(asks([job]), rules(max_at_fal=1))).claimed) == 1
+    assert sum((await b.line_snapshot()).active.values()) == 1  # being started: it holds the only slot
+    other = make_job(user=11, state=JobState.WAITING)
+    await b.create(other)
+    assert (await b.claim_waiting(asks([other]), rules(max_at_fal=1))).claimed == []
+
+    await a.release([job.id])  # fal did not take it: back in line
+
+    seen_by_b, seen_by_a = await b.line_snapshot(), await a.line_snapshot()
+    assert [j.id for j in seen_by_b.waiting] == [job.id, other.id] and sum(seen_by_b.active.values()) == 0
+    assert seen_by_b.mine == set() and seen_by_b.claimable == {other.id}  # a's to show and to start
+    assert seen_by_a.mine == {job.id} and seen_by_a.claimable == {job.id, other.id}
+    assert (await b.claim_waiting(asks([job]), rules(max_at_fal=1))).claimed == []
+
+
+async def test_budgets_are_exact_when_two_processes_reserve_for_one_member_at_once(two: tuple[Any, Any]) -> None:
+    a, b = two
+    jobs = [make_job(estimate=0.2) for _ in range(20)]
+    for job in jobs:
+        await a.create(job)
+
+    results = await asyncio.gather(*(reserve((a, b)[i % 2], job, user_daily=1.0) for i, job in enumerate(jobs)))
+
+    assert results.count(None) == 5 and results.count("user_budget") == 15
+    assert await a.spend(user_id=10, since=DAY) == pytest.approx(1.0)
+    waiting = {job.id: i % 2 for i, job in enumerate(jobs) if job.state is JobState.WAITING}
+    stored = await owners(a)
+    assert all(stored[job_id] == (a, b)[n].owner for job_id, n in waiting.items())  # the process that took it
+
+
+async def test_a_claim_checks_the_budget_in_force_and_the_member_cap(two: tuple[Any, Any]) -> None:
+    a, b = two
+    jobs = [make_job(estimate=0.3, state=JobState.WAITING) for _ in range(3)]
+    other = make_job(user=11, estimate=0.3, state=JobState.WAITING)
+    for job in [*jobs, other]:
+        await a.create(job)
+
+    lowered = await a.claim_waiting(asks([*jobs, other], user_daily=0.5), rules(max_at_fal=10))
+    assert [j.id for j in lowered.claimed] == [other.id]  # the member's three in flight are past a lowered budget
+    assert lowered.refused == dict.fromkeys((j.id for j in jobs), "user_budget")
+    capped = await b.claim_waiting(asks(jobs), rules(max_at_fal=10, max_jobs=2))
+    assert capped.claimed == [] and set(capped.refused.values()) == {"user_limit"}
+    fine = await b.claim_waiting(asks(jobs, user_daily=1.0), rules(max_at_fal=10))
+    assert [j.id for j in fine.claimed] == [j.id for j in jobs]
+
+
+async def test_a_claim_that_refuses_a_job_leaves_it_out_of_the_line_for_a_while(
+    two: tuple[Any, Any], clock: Clock
+) -> None:
+    a, b = two
+    job = make_job(estimate=0.5)
+    await a.create(job)
+    assert await reserve(a, job) is None
+    assert (await a.claim_waiting(asks([job], user_daily=0.1), rules(max_at_fal=4))).refused == {job.id: "user_budget"}
+    held = await a.line_snapshot()
+    assert held.waiting == [] and [(j.id, why) for j, why in held.refused] == [(job.id, "user_budget")]
+    assert (await b.line_snapshot()).refused == []  # shown by its own process only
+    clock.now = T0 + timedelta(seconds=61)
+    assert [j.id for j in (await a.line_snapshot()).waiting] == [job.id]  # offered again
+
+
+async def test_a_job_entering_the_line_wakes_the_other_process(two: tuple[Any, Any]) -> None:
+    a, b = two
+    woken_a, woken_b = asyncio.Event(), asyncio.Event()
+    await a.listen(woken_a.set)
+    await b.listen(woken_b.set)
+    job = make_job()
+    await b.create(job)
+    assert await reserve(b, job) is None
+    await asyncio.wait_for(woken_a.wait(), 10)
+    assert not woken_b.is_set()  # its own change does not wake it
+
+
+async def test_the_dsn_password_is_never_logged(pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    async with await StoreDb("postgresql", dsn=pg_url).open() as store:
+        await store.ping()
+    assert "PostgreSQL at" in caplog.text and PASSWORD not in caplog.text
+    assert "***" in caplog.text
