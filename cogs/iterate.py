@@ -10,7 +10,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
-from typing import Any, Self
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -21,6 +21,7 @@ from bot.app import FluxpaintBot, answer_privately, refuse_privately, reply_once
 from bot.errors import InputError
 from bot.iterate import EditValues, Verb, parse_edit
 from bot.models import InpaintOptions, Origin, Upload
+from cogs.buttons import JobItem
 from cogs.inpaint import origin_of, upload_of
 from cogs.paint import RepaintButton
 
@@ -48,23 +49,11 @@ def result_view(job_id: str, shown: tuple[int, ...], *, repaint: bool = False) -
     return view
 
 
-class _JobButton:
-    """What the result's buttons share: the job id from the custom id."""
-
-    job_id: str
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> Self:
-        return cls(match["job_id"])  # type: ignore[call-arg]
-
-
 def _button(label: str, custom_id: str, style: discord.ButtonStyle, row: int) -> discord.ui.Button[Any]:
     return discord.ui.Button(label=label, style=style, custom_id=custom_id, row=row)
 
 
-class RerollButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"fp:reroll:{JOB}"):
+class RerollButton(JobItem, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"fp:reroll:{JOB}"):
     def __init__(self, job_id: str) -> None:
         super().__init__(_button("Reroll", f"fp:reroll:{job_id}", discord.ButtonStyle.primary, 0))
         self.job_id = job_id
@@ -73,7 +62,7 @@ class RerollButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], t
         await _start_from_result(interaction, self.job_id, Verb.REROLL, intro="🎲 Rerolling…")
 
 
-class EditButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"fp:edit:{JOB}"):
+class EditButton(JobItem, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"fp:edit:{JOB}"):
     def __init__(self, job_id: str) -> None:
         super().__init__(_button("Edit", f"fp:edit:{job_id}", discord.ButtonStyle.secondary, 0))
         self.job_id = job_id
@@ -82,23 +71,17 @@ class EditButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], tem
         await _open_edit(interaction, self.job_id, None)
 
 
-class UseButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"fp:use:{JOB}:(?P<number>[1-4])"):
+class UseButton(JobItem, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"fp:use:{JOB}:(?P<number>[1-4])"):
     def __init__(self, job_id: str, number: int) -> None:
         custom_id = f"fp:use:{job_id}:{number}"
         super().__init__(_button(f"Use {number}", custom_id, discord.ButtonStyle.secondary, 1))
         self.job_id, self.number = job_id, number
 
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> Self:
-        return cls(match["job_id"], int(match["number"]))
-
     async def callback(self, interaction: discord.Interaction[FluxpaintBot]) -> None:  # type: ignore[override]
         await _open_edit(interaction, self.job_id, self.number)
 
 
-class MaskButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"fp:mask:{JOB}"):
+class MaskButton(JobItem, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"fp:mask:{JOB}"):
     def __init__(self, job_id: str) -> None:
         super().__init__(_button("Mask", f"fp:mask:{job_id}", discord.ButtonStyle.secondary, 0))
         self.job_id = job_id
@@ -111,7 +94,7 @@ class MaskButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], tem
         await interaction.response.send_message("The tinted part is what was repainted.", file=file, ephemeral=True)
 
 
-class DeleteButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"fp:delete:{JOB}"):
+class DeleteButton(JobItem, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"fp:delete:{JOB}"):
     def __init__(self, job_id: str) -> None:
         super().__init__(_button("Delete", f"fp:delete:{job_id}", discord.ButtonStyle.danger, 0))
         self.job_id = job_id

@@ -4,14 +4,14 @@ fresh single-use link."""
 
 from __future__ import annotations
 
-import re
-from typing import Any, Self
+from typing import Any
 
 import discord
 
 from bot.app import FluxpaintBot, refuse_privately, start_in_channel
 from bot.iterate import Verb
 from bot.models import Job
+from cogs.buttons import JobItem
 from cogs.inpaint import origin_of
 
 JOB = r"(?P<job_id>[0-9a-f]{32})"
@@ -39,34 +39,24 @@ async def _send_link(interaction: discord.Interaction[FluxpaintBot], job_id: str
         await interaction.response.send_message(text, view=link_view(url), ephemeral=True)
 
 
-class PaintButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"fp:paint:{JOB}"):
+class PaintButton(JobItem, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"fp:paint:{JOB}"):
     def __init__(self, job_id: str) -> None:
         super().__init__(
             discord.ui.Button(label="Paint the mask", style=discord.ButtonStyle.primary, custom_id=f"fp:paint:{job_id}")
         )
         self.job_id = job_id
 
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> Self:
-        return cls(match["job_id"])
-
     async def callback(self, interaction: discord.Interaction[FluxpaintBot]) -> None:  # type: ignore[override]
         await _send_link(interaction, self.job_id)
 
 
-class RepaintButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"fp:repaint:{JOB}:(?P<number>[1-4])"):
+class RepaintButton(
+    JobItem, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"fp:repaint:{JOB}:(?P<number>[1-4])"
+):
     def __init__(self, job_id: str, number: int) -> None:
         custom_id = f"fp:repaint:{job_id}:{number}"
         super().__init__(discord.ui.Button(label="Repaint", style=discord.ButtonStyle.secondary, custom_id=custom_id))
         self.job_id, self.number = job_id, number
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> Self:
-        return cls(match["job_id"], int(match["number"]))
 
     async def callback(self, interaction: discord.Interaction[FluxpaintBot]) -> None:  # type: ignore[override]
         service = interaction.client.service
