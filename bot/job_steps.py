@@ -365,6 +365,7 @@ class JobSteps:
             if job.paint_expires_at is not None and job.paint_expires_at <= self.clock():
                 raise PaintGoneError("This link has expired; run /inpaint again.")
             await self.intake.mask_painted(job, mask)
+            job.notes = [*job.notes, "Mask received from the painter."]  # the channel says so, as the page does
             try:
                 await self._reserve(job)
             except RefusedError as exc:

@@ -82,6 +82,7 @@ async def test_without_a_mask_the_member_paints_one_and_fal_gets_it(make_rig: Ma
             assert again.status == 410  # single use
 
     final = await rig.wait_text(interaction, "Inpainted")
+    assert "Mask received from the painter" in visible_text(final)
     (submit,) = rig.fal.submits
     assert submit["prompt"] == "a red barn"
     with Image.open(io.BytesIO(base64.b64decode(submit["mask_url"].split(",")[1]))) as sent_mask:
