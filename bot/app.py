@@ -171,6 +171,10 @@ class FluxpaintBot(commands.Bot):
             # Connections are kept and reused: a burst of commands must not open hundreds of TLS handshakes on the
             # event loop at once (each costs milliseconds of CPU there).
             connector=aiohttp.TCPConnector(limit=DISCORD_CONNECTIONS),
+            # several processes on one PostgreSQL store (SPEC 13): each runs its shard; Discord sends a guild's
+            # events to one shard, and any process may post any job's results (REST needs no gateway)
+            shard_id=settings.discord.shard_ids[0] if settings.discord.shard_ids else None,
+            shard_count=settings.discord.shard_count if settings.discord.shard_ids else None,
         )
         self.settings = settings
         self._service: JobService | None = None

@@ -177,6 +177,8 @@ class DiscordSettings(Section):
                 raise ValueError("discord.shard_ids needs discord.shard_count")
             if not self.shard_ids or any(not 0 <= i < self.shard_count for i in self.shard_ids):
                 raise ValueError(f"discord.shard_ids must be between 0 and shard_count - 1 ({self.shard_count - 1})")
+            if len(self.shard_ids) != 1:  # one gateway connection per process: run a process for each shard
+                raise ValueError("discord.shard_ids holds one shard per process; start one process for each shard")
         return self
 
 

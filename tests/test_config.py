@@ -345,3 +345,32 @@ def test_catalog_defaults() -> None:
         "storage.googleapis.com",
     ]
     assert CatalogSettings().allow_urls is False
+
+
+def test_one_shard_per_process() -> None:
+    from bot.config import DiscordSettings
+
+    assert DiscordSettings(token="t", shard_ids=[1], shard_count=2).shard_ids == [1]
+    for bad, needle in (
+        ({"shard_ids": [0]}, "needs discord.shard_count"),
+        ({"shard_ids": [2], "shard_count": 2}, "between 0 and shard_count - 1"),
+        ({"shard_ids": [0, 1], "shard_count": 2}, "one shard per process"),
+    ):
+        with pytest.raises(ValueError, match=needle):
+            DiscordSettings(token="t", **bad)
+
+
+async def test_the_bot_connects_as_its_shard(tmp_path: Path) -> None:
+    import aiohttp
+
+    from bot.app import FluxpaintBot
+    from bot.config import Settings
+
+    settings = Settings(
+        discord={"token": "t", "shard_ids": [1], "shard_count": 3},
+        fal={"key": "k"},
+        storage={"data_dir": str(tmp_path)},
+    )
+    bot = FluxpaintBot(settings, http_trace=aiohttp.TraceConfig())
+    assert (bot.shard_id, bot.shard_count) == (1, 3)  # what discord.py sends in IDENTIFY's "shard"
+    await bot.close()
