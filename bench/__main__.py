@@ -19,6 +19,7 @@ from bench import (
     edits,
     first_response,
     flood,
+    line,
     memory,
     paint_page,
     status_calls,
@@ -48,6 +49,7 @@ BENCHES: dict[str, Bench] = {
     "composite": Bench("Crop and composite of a 12 MP photo", composite.run, composite.BASELINE),
     "autocomplete": Bench("LoRA autocomplete over 500 catalog entries", autocomplete.run, NO_BASELINE),
     "paint_page": Bench("The mask painter's page in headless Chromium", paint_page.run, NO_BASELINE),
+    "line": Bench("The shared line on PostgreSQL: 1, 2 and 4 processes, and take-over", line.run, NO_BASELINE),
 }
 
 

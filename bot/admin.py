@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from bot.config import Settings
 from bot.models import Job, utcnow
 from bot.progress import usd
-from bot.store import JobStore
+from bot.store import Store
 from bot.store_schema import DEFAULT, UNCHANGED, BudgetChange, GuildSettings, MemberFacts
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def _budget(value: float | None) -> str:
 class GuildAdmin:
     """What admins decided for their guild, read from the job store on every check (no cache to go stale)."""
 
-    def __init__(self, settings: Settings, store: JobStore, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, settings: Settings, store: Store, clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock

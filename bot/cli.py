@@ -56,12 +56,12 @@ async def runtime(settings: Settings) -> AsyncIterator[FluxpaintBot]:
     from bot.files import JobFiles
     from bot.painting import paint_links, paint_server
     from bot.service import JobService
-    from bot.store import JobStore
+    from bot.store import open_store
 
     data_dir = Path(settings.storage.data_dir)
     point_at(settings.discord)
     probe = LoopLagProbe(warn_s=settings.logging.loop_stall_warn_ms / 1000)
-    async with probe, session(settings) as http, await JobStore.open(data_dir / "fluxpaint.sqlite3") as store:
+    async with probe, session(settings) as http, open_store(settings) as store:
         # read at each scrape; the service (and its scheduler) is built below
         metrics = Metrics(state_counts=store.count_by_state, line_length=lambda: service.scheduler.line_length)
         budget = RequestBudget(settings.discord.max_requests_per_s)

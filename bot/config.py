@@ -265,7 +265,15 @@ class UiSettings(Section):
 class StorageSettings(Section):
     data_dir: Path = Path("data")
     # sqlite:///path (default: jobs.sqlite3 in data_dir) or postgresql://user@host/db for several processes (SPEC 13)
-    url: str | None = Field(None, pattern=r"^(sqlite:///.+|postgres(ql)?://.+)$")
+    url: SecretStr | None = None  # a secret: a PostgreSQL URL may hold the password
+
+    @field_validator("url")
+    @classmethod
+    def _store_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not re.fullmatch(r"sqlite:///.+|postgres(ql)?://.+", url.get_secret_value()):
+            raise ValueError("storage.url must be sqlite:///path or postgresql://user@host/database")
+        return url
+
     lease_s: float = Field(30.0, ge=2, le=3600)  # PostgreSQL: a dead process's jobs are taken over after this
     keep_finished_days: float = Field(30.0, gt=0)
     prune_interval_s: float = Field(3600.0, ge=60)

@@ -19,7 +19,7 @@ from bot.library import LoraLibrary
 from bot.loras import Resolved
 from bot.models import InpaintOptions, Job, Origin, Upload, utcnow
 from bot.progress import usd
-from bot.store import JobStore
+from bot.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Intake:
         self,
         *,
         settings: Settings,
-        store: JobStore,
+        store: Store,
         admin: GuildAdmin,
         files: JobFiles,
         session: aiohttp.ClientSession,

@@ -17,7 +17,7 @@ from bot.errors import InputError, RefusedError
 from bot.files import PREVIEW_FILE, JobFiles
 from bot.intake import FULL_MASK_FILE, MASK_FILE, ORIGINAL_FILE, PAINT_FILE, Intake, PaintNeeded, input_file
 from bot.models import InpaintOptions, Job, JobState
-from bot.store import JobStore
+from bot.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def pruned_text(settings: Settings) -> str:
 class Iterations:
     """Finds a result's job for a click and builds a new job's inputs from its folder."""
 
-    def __init__(self, *, settings: Settings, store: JobStore, files: JobFiles, intake: Intake) -> None:
+    def __init__(self, *, settings: Settings, store: Store, files: JobFiles, intake: Intake) -> None:
         self.settings = settings
         self.store = store
         self.files = files

@@ -50,7 +50,7 @@ from bot.progress import (
     progress_reply,
 )
 from bot.scheduler import CriticalSections
-from bot.store import JobStore
+from bot.store import Store
 from bot.store_schema import StaleJobError
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class JobSteps:
         self,
         *,
         settings: Settings,
-        store: JobStore,
+        store: Store,
         files: JobFiles,
         fal: FalQueueClient,
         session: aiohttp.ClientSession,

@@ -12,7 +12,7 @@ from bot.config import LoraEntry, Settings, StyleEntry, StyleLora, host_allowed,
 from bot.loras import Catalog, Choice, LoraError
 from bot.models import InpaintOptions
 from bot.progress import member_text
-from bot.store import JobStore
+from bot.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ PAGE_CHARS = 1800  # one page of /loras: an ephemeral message holds 2,000 charac
 
 
 class LoraLibrary:
-    def __init__(self, settings: Settings, store: JobStore) -> None:
+    def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
         self.owner = Catalog(settings.loras, settings.styles)

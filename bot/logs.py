@@ -90,7 +90,8 @@ def secrets_of(settings: Settings) -> list[str]:
     secrets = [settings.discord.token.get_secret_value(), settings.fal.key.get_secret_value()]
     if settings.web.secret is not None:
         secrets.append(settings.web.secret.get_secret_value())
-    if settings.storage.url and (password := urlsplit(settings.storage.url).password):
+    url = settings.storage.url.get_secret_value() if settings.storage.url is not None else ""
+    if url and (password := urlsplit(url).password):
         secrets.append(password)
     return secrets
 

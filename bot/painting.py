@@ -19,7 +19,7 @@ from bot.models import Job, JobState, utcnow
 from bot.paint_links import PaintGrant, PaintLinks, UsedLinkError, load_or_create_secret
 from bot.pipeline import JobPipeline
 from bot.progress import message_link
-from bot.store import JobStore
+from bot.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class Painter:
         self,
         *,
         links: PaintLinks,
-        store: JobStore,
+        store: Store,
         files: JobFiles,
         pipeline: JobPipeline,
         wake: Callable[[], None],

@@ -29,7 +29,7 @@ from bot.painting import Painter
 from bot.pipeline import JobPipeline
 from bot.progress import JobNotifier, history_text, usd
 from bot.scheduler import Scheduler
-from bot.store import JobStore
+from bot.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class JobService:
         self,
         *,
         settings: Settings,
-        store: JobStore,
+        store: Store,
         files: JobFiles,
         fal: FalQueueClient,
         session: aiohttp.ClientSession,

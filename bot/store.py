@@ -188,10 +188,11 @@ class SharedLine(Store, Protocol):
 
 def sqlite_path(storage: StorageSettings) -> Path | None:
     """The SQLite file ``storage`` names (``sqlite:///relative`` or ``sqlite:////absolute``), None for PostgreSQL."""
-    if storage.url is None:
+    url = storage.url.get_secret_value() if storage.url is not None else None
+    if url is None:
         return Path(storage.data_dir) / SQLITE_FILE
-    if storage.url.startswith("sqlite:///"):
-        return Path(storage.url.removeprefix("sqlite:///"))
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
     return None
 
 
@@ -214,7 +215,7 @@ async def open_store(
         from bot.store_pg import PgJobStore  # asyncpg only where it is used
 
         assert storage.url is not None
-        store = await PgJobStore.open(storage.url, lease_s=storage.lease_s, clock=clock)
+        store = await PgJobStore.open(storage.url.get_secret_value(), lease_s=storage.lease_s, clock=clock)
     try:
         yield store
     finally:
