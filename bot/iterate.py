@@ -83,6 +83,23 @@ def parse_edit(raw: Mapping[str, str], *, max_num_images: int) -> EditValues:
     return EditValues(prompt=prompt, strength=strength, seed=seed, num_images=num_images)
 
 
+def message_options(texts: Mapping[str, str]) -> InpaintOptions:
+    """The "Inpaint this image" form as options; only what the member filled in is set (a style's defaults).
+
+    Raises:
+        InputError: a value the slash command would refuse.
+    """
+    prompt = texts.get("prompt", "").strip()
+    if not prompt:
+        raise InputError("The prompt is empty; describe what should appear in the masked area.")
+    chosen: dict[str, object] = {"prompt": prompt}
+    if strength := texts.get("strength", "").strip():
+        chosen["strength"] = _number(strength, "strength", 0.01, 1.0, integer=False)
+    if words := texts.get("mask_prompt", "").strip():
+        chosen["mask_prompt"] = words
+    return InpaintOptions.model_validate(chosen)
+
+
 def new_seed(old: int | None) -> int:
     """A random seed unlike the one the result used, so that a reroll always shows something new."""
     while (seed := secrets.randbelow(SEED_RANGE)) == old:

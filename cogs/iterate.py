@@ -18,8 +18,7 @@ from discord.ext import commands
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from bot.app import FluxpaintBot, answer_privately, refuse_privately, reply_once, start_in_channel
-from bot.errors import InputError
-from bot.iterate import EditValues, Verb, parse_edit
+from bot.iterate import EditValues, Verb, message_options, parse_edit
 from bot.models import InpaintOptions, Origin, Upload
 from cogs.buttons import JobItem
 from cogs.inpaint import origin_of, upload_of
@@ -386,21 +385,7 @@ async def _parsed(answer: ModalAnswer, max_num_images: int) -> EditValues:
 
 
 async def _message_options(answer: ModalAnswer) -> InpaintOptions:
-    """The "Inpaint this image" form as options; only what the member filled in is set (a style's defaults).
-
-    Raises:
-        InputError: a value the slash command would refuse.
-    """
-    texts = answer.texts
-    prompt = texts.get("prompt", "").strip()
-    if not prompt:
-        raise InputError("The prompt is empty; describe what should appear in the masked area.")
-    chosen: dict[str, Any] = {"prompt": prompt}
-    if strength := texts.get("strength", "").strip():
-        chosen["strength"] = parse_edit({"prompt": prompt, "strength": strength}, max_num_images=4).strength
-    if words := texts.get("mask_prompt", "").strip():
-        chosen["mask_prompt"] = words
-    return InpaintOptions(**chosen)
+    return message_options(answer.texts)
 
 
 async def setup(bot: FluxpaintBot) -> None:
