@@ -18,7 +18,7 @@ from bot import images
 from bot.admin import GuildAdmin
 from bot.config import Settings, app_id
 from bot.downloads import fetch
-from bot.errors import RefusedError, UserFacingError, user_message
+from bot.errors import InputError, RefusedError, UserFacingError, user_message
 from bot.eta import QueueEstimator
 from bot.fal import FalQueueClient
 from bot.fal_models import (
@@ -364,7 +364,15 @@ class JobSteps:
                 raise PaintGoneError("This link was used already, or its job has ended.")
             if job.paint_expires_at is not None and job.paint_expires_at <= self.clock():
                 raise PaintGoneError("This link has expired; run /inpaint again.")
-            await self.intake.mask_painted(job, mask)
+            try:  # the mask is this upload's before any file is written: one at another process loses here
+                job = await self._save(job, JobState.ACCEPTED)
+            except StaleJobError as exc:
+                raise PaintGoneError("This link was used already, or its job has ended.") from exc
+            try:
+                await self.intake.mask_painted(job, mask)
+            except InputError:
+                job = await self._save(job, JobState.PAINTING)  # the member may paint again
+                raise
             job.notes = [*job.notes, "Mask received from the painter."]  # the channel says so, as the page does
             try:
                 await self._reserve(job)

@@ -8,9 +8,9 @@ import logging
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 from bot.config import Settings
+from bot.store_rows import url_passwords
 
 MASK = "**********"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -90,9 +90,8 @@ def secrets_of(settings: Settings) -> list[str]:
     secrets = [settings.discord.token.get_secret_value(), settings.fal.key.get_secret_value()]
     if settings.web.secret is not None:
         secrets.append(settings.web.secret.get_secret_value())
-    url = settings.storage.url.get_secret_value() if settings.storage.url is not None else ""
-    if url and (password := urlsplit(url).password):
-        secrets.append(password)
+    if settings.storage.url is not None:
+        secrets.extend(url_passwords(settings.storage.url.get_secret_value()))
     return secrets
 
 

@@ -20,6 +20,7 @@ from bot.paint_links import PaintGrant, PaintLinks, UsedLinkError, load_or_creat
 from bot.pipeline import JobPipeline
 from bot.progress import message_link
 from bot.store import Store
+from bot.store_schema import StaleJobError
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class Painter:
     async def submit_mask(self, grant: PaintGrant, png: bytes) -> str:
         try:
             job = await self.pipeline.paint_mask(grant.job_id, grant.user_id, png)
-        except PaintGoneError as exc:
+        except (PaintGoneError, StaleJobError) as exc:  # used, or moved on meanwhile (a cancel, another process)
             raise UsedLinkError() from exc
         self.wake()
         origin = job.origin

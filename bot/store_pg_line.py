@@ -15,7 +15,7 @@ import asyncpg
 from bot.models import Job, JobState
 from bot.store_pg_guilds import PgGuilds, at
 from bot.store_pg_schema import LINE_LOCK, NOTIFY_CHANNEL
-from bot.store_rows import load_job, over_budget
+from bot.store_rows import dump_job, load_job, over_budget
 from bot.store_schema import (
     AT_FAL_STATES,
     COST_SQL,
@@ -28,6 +28,10 @@ from bot.store_schema import (
     Orphans,
     sql_in,
 )
+
+# an unfinished job in these states needs no task of its owner: it is being checked, waits in the line, or waits
+# for its mask to be painted
+TASKLESS_STATES = (JobState.ACCEPTED, JobState.WAITING, JobState.PAINTING)
 
 log = logging.getLogger("bot.store")
 
@@ -250,6 +254,7 @@ class PgLine(PgGuilds):
                 "ORDER BY created_at, seq FOR UPDATE SKIP LOCKED",
                 now,
             )
+            jobs = [job for job in (load_job(row["id"], row["data"]) for row in rows) if job is not None]
             if rows:
                 await conn.execute(
                     # a job of this very process (its renewals stalled) keeps its slot; a dead one's starts over
@@ -259,25 +264,37 @@ class PgLine(PgGuilds):
                     self._until(now),
                     [row["id"] for row in rows],
                 )
+            if jobs:
+                # A fence: a former owner that only stalled still holds the job at the version it read, so its
+                # next save (a submit's "submitting" first of all) fails instead of overwriting the new owner's.
+                for job in jobs:
+                    job.version += 1
+                await conn.executemany(
+                    "UPDATE jobs SET version = $1, data = $2 WHERE id = $3",
+                    [(job.version, dump_job(job, self._clock()), job.id) for job in jobs],
+                )
             next_expiry = await conn.fetchval(
                 f"SELECT MIN(lease_until) FROM jobs WHERE state IN {sql_in(UNFINISHED_STATES)} "
                 "AND owner <> $1 AND lease_until > $2",
                 self._owner,
                 now,
             )
-        jobs = [job for job in (load_job(row["id"], row["data"]) for row in rows) if job is not None]
         return Orphans(jobs, next_expiry)
 
     async def renew(self, job_ids: Collection[str]) -> set[str]:
-        """Extend the lease on every unfinished job of this process; the ids among ``job_ids`` that another
-        process owns now."""
+        """Extend the lease on the jobs this process carries (``job_ids``, its tasks) and on its jobs that need no
+        task (being checked, in the line, waiting for a painted mask); the ids among ``job_ids`` that another
+        process owns now. A job of this process that no task carries (its runner stopped) is let lapse, so that it
+        is taken over instead of held for ever."""
         now = at(self._clock())
         ids = list(job_ids)
         async with self._transaction() as conn:
             await conn.execute(
-                f"UPDATE jobs SET lease_until = $1 WHERE owner = $2 AND state IN {sql_in(UNFINISHED_STATES)}",
+                f"UPDATE jobs SET lease_until = $1 WHERE owner = $2 AND state IN {sql_in(UNFINISHED_STATES)} "
+                f"AND (id = ANY($3::text[]) OR state IN {sql_in(TASKLESS_STATES)})",
                 self._until(now),
                 self._owner,
+                ids,
             )
             if not ids:
                 return set()

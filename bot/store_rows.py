@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import pydantic
 
@@ -21,16 +21,29 @@ log = logging.getLogger("bot.store")  # one logger for the store, whichever of i
 USD_EPSILON = 1e-9  # a budget that fits exactly must pass despite float rounding
 
 
-def masked_url(url: str) -> str:
-    """The URL without its password, for reprs and logs."""
+def url_passwords(url: str) -> list[str]:
+    """Every password a database URL holds: in its user part and as ``?password=`` (asyncpg takes both), as
+    written and decoded."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username or ''}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    found = [parts.password] if parts.password else []
+    found += [value for key, value in parse_qsl(parts.query, keep_blank_values=True) if key == "password" and value]
+    return list(dict.fromkeys([*found, *(unquote(p) for p in found)]))
+
+
+def masked_url(url: str) -> str:
+    """The URL without its passwords, for reprs and logs."""
+    parts = urlsplit(url)
+    query = urlencode(
+        [(key, "***" if key == "password" else value) for key, value in parse_qsl(parts.query, keep_blank_values=True)],
+        safe="*",
+    )
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        netloc = f"{parts.username or ''}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def dump_job(job: Job, now: datetime) -> str:

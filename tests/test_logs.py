@@ -258,3 +258,20 @@ def test_every_secret_of_the_settings_is_scrubbed() -> None:
     )
     assert set(secrets_of(settings)) == {DISCORD_TOKEN, FAL_KEY, "painter-link-hmac-key", "pg-pass-word"}
     assert secrets_of(Settings(discord={"token": DISCORD_TOKEN}, fal={"key": FAL_KEY})) == [DISCORD_TOKEN, FAL_KEY]
+
+
+@pytest.mark.parametrize(
+    ("url", "password", "shown"),
+    [
+        ("postgresql://bot@db/fp?password=query-pass-1", "query-pass-1", "postgresql://bot@db/fp?password=***"),
+        ("postgresql://bot:p%40ss-word@db:5432/fp", "p@ss-word", "postgresql://bot:***@db:5432/fp"),
+    ],
+    ids=["query parameter", "percent-encoded"],
+)
+def test_a_database_password_is_scrubbed_however_it_is_written(url: str, password: str, shown: str) -> None:
+    from bot.store_rows import masked_url
+
+    settings = Settings(discord={"token": DISCORD_TOKEN}, fal={"key": FAL_KEY}, storage={"url": url})
+    assert password in secrets_of(settings)
+    assert masked_url(url) == shown and password not in masked_url(url)
+    assert password not in repr(settings) and password not in str(settings.storage)

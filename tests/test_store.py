@@ -813,9 +813,26 @@ async def test_a_process_that_stops_hands_its_jobs_over_but_one_on_the_wire_keep
     assert stored[queued.id] is None and stored[back_in_line.id] is None and stored[submitting.id] == a.owner
     assert [j.id for j in (await b.claim_orphans()).jobs] == [queued.id, back_in_line.id]
     clock.now = T0 + timedelta(seconds=20)
-    assert await b.renew([]) == set()
+    assert await b.renew([queued.id]) == set()  # b carries the job it took; the one in the line needs no task
     clock.now = T0 + timedelta(seconds=31)  # only once a's lease ran out: then "maybe sent", never re-sent
     assert [j.id for j in (await b.claim_orphans()).jobs] == [submitting.id]
+
+
+async def test_a_job_its_owner_no_longer_carries_lapses_and_is_taken_over_fenced(
+    two: tuple[Any, Any], clock: Clock
+) -> None:
+    a, b = two
+    stuck = make_job(state=JobState.QUEUED)
+    await a.create(stuck)
+    (held,) = (await a.claim_orphans()).jobs
+    clock.now = T0 + timedelta(seconds=20)
+    assert await a.renew([]) == set()  # its runner stopped: the lease is not extended
+    clock.now = T0 + timedelta(seconds=31)
+    (taken,) = (await b.claim_orphans()).jobs
+    assert taken.id == stuck.id and taken.version == held.version + 1
+    with pytest.raises(StaleJobError):  # the former owner, back from a stall, cannot write over the new owner
+        await a.save(held)
+    assert (await b.save(taken)).version == held.version + 2
 
 
 async def test_a_job_back_in_line_frees_its_slot_and_stays_its_process_s(two: tuple[Any, Any]) -> None:
