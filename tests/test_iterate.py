@@ -314,3 +314,27 @@ async def test_a_moderator_can_delete_a_pruned_result(make_rig: MakeRig) -> None
     assert "no longer stored" in await answer_to(rig, await _delete(rig, result, "bob"))
     assert "Deleted" in await answer_to(rig, await _delete(rig, result, "mod"))
     assert rig.discord.message(result.id).deleted
+
+
+async def test_a_result_in_two_messages_has_its_buttons_once_and_delete_removes_both(make_rig: MakeRig) -> None:
+    # two 0.7 MB results and 1 MiB per request: the reply carries one, a second message the other
+    rig = await make_rig(
+        discord={"max_request_bytes": 1024 * 1024},
+        fal={"result_noise": True},
+        discord_settings={"max_request_bytes": 1024 * 1024},
+    )
+    interaction = await rig.inpaint(COFFEE, region="everything", num_images=2, output_format="png")
+    result = await rig.wait_text(interaction, "Inpainted")
+    await rig.discord.wait_for(lambda: any("Results 2/2" in m.content for m in rig.discord.messages_in("general")))
+    (second,) = [m for m in rig.discord.messages_in("general") if "Results 2/2" in m.content]
+
+    assert len(result.attachments) == 1 and second.attachments and second.components == []
+    assert sorted(label for cid, label in buttons(result).items() if cid.startswith("fp:use:")) == ["Use 1", "Use 2"]
+    job_id = custom_id(result, "delete").split(":")[2]
+    assert rig.bot is not None
+    for _ in range(500):  # both parts recorded on the job: the row says DONE
+        if (job := await rig.bot.service.store.get(job_id)) is not None and job.state is JobState.DONE:
+            break
+        await asyncio.sleep(0.01)
+    assert "Deleted" in await answer_to(rig, await _delete(rig, result, "alice"))
+    assert rig.discord.message(result.id).deleted and rig.discord.message(second.id).deleted
