@@ -115,6 +115,7 @@ class Origin(BaseModel):
     # "channel": the reply is a message the bot posted itself (a job made from a result or a message replies to
     # it), edited through the channel; the interaction token only answered the clicker privately
     reply_via: Literal["interaction", "channel"] = "interaction"
+    photo_owner_id: int | None = None  # "Inpaint this image" on another member's photo: they may delete the result
 
 
 class Job(BaseModel):

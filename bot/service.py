@@ -339,8 +339,11 @@ class JobService:
             if can_manage:
                 return []  # pruned: the clicked message itself goes
             raise InputError("This result's job is no longer stored; a moderator can delete the message.")
-        if user_id != job.origin.user_id and not can_manage:
-            raise RefusedError("Only the member who made this result, or someone with Manage Messages, can delete it.")
+        if user_id not in (job.origin.user_id, job.origin.photo_owner_id) and not can_manage:
+            raise RefusedError(
+                "Only the member who made this result (or whose photo it was made from), or someone with Manage "
+                "Messages, can delete it."
+            )
         return list(job.delivered_message_ids)
 
     async def cancel(self, job_id: str, *, user_id: int, can_manage: bool) -> CancelResult:

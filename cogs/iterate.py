@@ -267,7 +267,7 @@ class Iterate(commands.Cog):
         self.menu.allowed_contexts = app_commands.AppCommandContext(guild=True)
         # the image of each open "Inpaint this image" form, by the message it was opened on: the form's answer
         # does not carry it, and the bot may not read other members' messages afterwards (message content intent)
-        self._picked: OrderedDict[int, tuple[float, Upload]] = OrderedDict()
+        self._picked: OrderedDict[int, tuple[float, Upload, int]] = OrderedDict()  # and the photo's author
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.menu)
@@ -280,7 +280,7 @@ class Iterate(commands.Cog):
         if image is None:
             await reply_once(interaction, "That message has no image to inpaint: pick a message with a picture.")
             return
-        self._picked[message.id] = (time.monotonic(), upload_of(image))
+        self._picked[message.id] = (time.monotonic(), upload_of(image), message.author.id)
         self._picked.move_to_end(message.id)
         while len(self._picked) > PICKED_MAX:
             self._picked.popitem(last=False)
@@ -350,7 +350,7 @@ class Iterate(commands.Cog):
         if picked is None or time.monotonic() - picked[0] > PICKED_TTL_S:
             await reply_once(interaction, "That form is too old (or I restarted); run “Inpaint this image” again.")
             return
-        image = picked[1]
+        _, image, author_id = picked
         service = self.bot.service
         await interaction.response.defer(ephemeral=True, thinking=True)
         options = await refuse_privately(interaction, _message_options(answer))
@@ -365,6 +365,8 @@ class Iterate(commands.Cog):
         reference = discord.MessageReference(
             message_id=message_id, channel_id=origin.channel_id, fail_if_not_exists=False
         )
+
+        origin = origin.model_copy(update={"photo_owner_id": author_id})
 
         async def begin(reply_id: int) -> object:
             return await service.accept(options, _channel_origin(origin, reply_id), image, mask)

@@ -3,6 +3,7 @@ mask file or description and strength; the job replies to that message."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 
@@ -111,3 +112,34 @@ async def test_bad_form_values_change_nothing_and_leave_nothing_public(make_rig:
     assert rig.fal.submits == []
     shown = [m for m in rig.discord.messages_in("general") if not m.deleted and not m.ephemeral]
     assert len(shown) == before  # the replies of the refused jobs were taken back
+
+
+async def test_the_photos_owner_may_delete_what_was_made_of_it(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    photo = rig.discord.post_as("alice", attachments=[("coffee.png", COFFEE, "image/png")])
+    menu = await open_form(rig, photo, user="bob")
+    submit = await rig.discord.submit_modal(
+        menu, {"prompt": "a moustache"}, files={"mask": [("mask.png", COFFEE_MASK, "image/png")]}
+    )
+    await answer_to(rig, submit)
+    result = await reply_to(rig, photo, "Inpainted")
+    (delete,) = [c for c in result.custom_ids() if c.startswith("fp:delete:")]
+    assert rig.bot is not None
+    await rig.discord.wait_for(lambda: bool(result.components))
+
+    async def press(user: str) -> str:
+        click = await rig.discord.click(result.id, delete, user=user)
+        return await answer_to(rig, click)
+
+    # a third member may not; the photo's owner may, though bob made it
+    rig.discord.add_member("carol")
+    assert "Only the member who made this result" in await press("carol")
+    for _ in range(500):  # the row says DONE (its message ids recorded) a moment after the result shows
+        jobs = await rig.bot.service.store.recent_jobs(
+            user_id=rig.discord.user_id("bob"), guild_id=rig.discord.guild_id
+        )
+        if jobs and jobs[0].delivered_message_ids:
+            break
+        await asyncio.sleep(0.01)
+    assert "Deleted" in await press("alice")
+    assert rig.discord.message(result.id).deleted
