@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import NoReturn
 
 import aiohttp
 
@@ -20,6 +21,7 @@ from bot.loras import Resolved
 from bot.models import InpaintOptions, Job, Origin, Upload, utcnow
 from bot.progress import usd
 from bot.store import Store
+from bot.store_schema import MemberFacts
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +106,8 @@ class Intake:
             RefusedError: access, a ban or pause, the per-member cap, a blocked term or a spent budget.
             InputError: an option past this server's limits, a blank prompt, two mask sources or a bad box.
         """
-        self._check_access(origin)
         masks.mask_source(options, has_file=mask_file)  # two sources, or a box it cannot read
-        facts = await self.store.member_facts(origin.guild_id, origin.user_id)  # one query: bursts come here first
-        if (reason := self.admin.refusal_in(origin.guild_id, facts)) is not None:
-            raise RefusedError(reason)
+        facts = await self.check_member(origin)
         resolved = await self.resolve(options, origin)
         options = self._effective_options(resolved.options, origin)
         self._check_sent_prompt(resolved.prompt)
@@ -134,16 +133,18 @@ class Intake:
                 )
         return options
 
-    async def check_member(self, origin: Origin) -> None:
-        """Whether the member may run jobs here at all (access, a ban, a pause), before a form is opened.
+    async def check_member(self, origin: Origin) -> MemberFacts:
+        """Whether the member may run jobs here at all (access, a ban, a pause), before anything else (a form is
+        not opened otherwise); what the store knows of them.
 
         Raises:
             RefusedError: they may not.
         """
         self._check_access(origin)
-        facts = await self.store.member_facts(origin.guild_id, origin.user_id)
+        facts = await self.store.member_facts(origin.guild_id, origin.user_id)  # one query: bursts come here first
         if (reason := self.admin.refusal_in(origin.guild_id, facts)) is not None:
             raise RefusedError(reason)
+        return facts
 
     async def resolve(self, options: InpaintOptions, origin: Origin) -> Resolved:
         """The options with the member's style and LoRAs applied; what the member set explicitly wins.
@@ -287,10 +288,7 @@ class Intake:
             except images.NoMaskError:
                 if not self.settings.web.enabled:
                     raise
-                canvas, job.width, job.height = await asyncio.to_thread(images.paint_canvas, image_bytes, limits=limits)
-                await asyncio.to_thread(self.files.write, job.id, ORIGINAL_FILE, image_bytes)
-                await asyncio.to_thread(self.files.write, job.id, PAINT_FILE, canvas)
-                raise PaintNeeded() from None
+                await self.wait_for_painting(job, image_bytes)
             del mask_bytes
         await asyncio.to_thread(self.files.write, job.id, ORIGINAL_FILE, image_bytes)  # for the composite
         if source.kind != "words":
@@ -300,6 +298,18 @@ class Intake:
         job.width, job.height = found.width, found.height
         job.sent_width, job.sent_height = masks.sent_size(found.width, found.height, limits.max_megapixels, 0)
         job.cost_estimate_usd = self.estimate(job, job.sent_width, job.sent_height)  # the most it can cost
+
+    async def wait_for_painting(self, job: Job, image: bytes) -> NoReturn:
+        """Keep ``image`` for the mask painter (SPEC 12): the composite's base and the picture the page shows.
+
+        Raises:
+            PaintNeeded: always, once the image is kept: the job waits for its mask.
+            InputError: the image cannot be used.
+        """
+        canvas, job.width, job.height = await asyncio.to_thread(images.paint_canvas, image, limits=self.settings.limits)
+        await asyncio.to_thread(self.files.write, job.id, ORIGINAL_FILE, image)
+        await asyncio.to_thread(self.files.write, job.id, PAINT_FILE, canvas)
+        raise PaintNeeded()
 
     async def mask_painted(self, job: Job, mask: bytes) -> None:
         """Build the inpainting's inputs from the mask painted in the web page (not saved here).

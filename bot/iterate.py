@@ -15,7 +15,7 @@ from bot import images, masks
 from bot.config import Settings
 from bot.errors import InputError, RefusedError
 from bot.files import PREVIEW_FILE, JobFiles
-from bot.intake import FULL_MASK_FILE, MASK_FILE, ORIGINAL_FILE, PAINT_FILE, Intake, PaintNeeded, input_file
+from bot.intake import FULL_MASK_FILE, MASK_FILE, ORIGINAL_FILE, Intake, input_file
 from bot.models import InpaintOptions, Job, JobState
 from bot.store import Store
 
@@ -210,10 +210,7 @@ class Iterations:
             PaintNeeded: always, once the image is kept: the job waits for its mask.
         """
         image = await asyncio.to_thread(self.files.read, source.id, source.result_files[index])
-        canvas, job.width, job.height = await asyncio.to_thread(images.paint_canvas, image, limits=self.settings.limits)
-        await asyncio.to_thread(self.files.write, job.id, ORIGINAL_FILE, image)
-        await asyncio.to_thread(self.files.write, job.id, PAINT_FILE, canvas)
-        raise PaintNeeded()
+        await self.intake.wait_for_painting(job, image)
 
     async def use_result(self, job: Job, source: Job, index: int) -> None:
         """Result ``index`` of the source at full size as the new image, under the source's mask (Use k).

@@ -15,18 +15,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot.metrics import Metrics
+from bot.serving import split_listen, start_site
 
 log = logging.getLogger(__name__)
 
 STORE_PING_TIMEOUT_S = 2.0
 PROBE_TIMEOUT_S = 3.0
 ANY_ADDRESS = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # a site on every address: the probe asks the loopback one
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """``"127.0.0.1:9108"`` → ``("127.0.0.1", 9108)``; ``"[::1]:9108"`` → ``("::1", 9108)``."""
-    host, _, port = listen.rpartition(":")
-    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 class OpsServer:
@@ -75,15 +70,8 @@ class OpsServer:
     async def __aenter__(self) -> OpsServer:
         if self.listen is None:
             return self
-        host, port = split_listen(self.listen)
-        runner = web.AppRunner(self.app(), access_log=None)  # probes every few seconds would drown the job lines
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
+        # access_log None: probes every few seconds would drown the job lines
+        self._runner = await start_site(self.app(), self.listen, access_log=None)
         log.info("ops endpoints on %s: /healthz and /metrics", self.url)
         return self
 
@@ -104,9 +92,8 @@ class OpsServer:
                 await self.store_ping()
         except TimeoutError:
             failed["store"] = f"the store did not answer within {self.store_ping_timeout_s:g} s"
-        except (
-            Exception
-        ) as exc:  # any store's error (sqlite3, asyncpg, OS): named by type only, its text may hold a DSN
+        except Exception as exc:
+            # any store's error (sqlite3, asyncpg, OS): named by type only, its text may hold a DSN
             log.debug("healthz: the store ping failed", exc_info=exc)
             failed["store"] = f"the store did not answer ({type(exc).__name__})"
         if not self.scheduler_running():

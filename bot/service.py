@@ -268,6 +268,8 @@ class JobService:
         Raises:
             UserFacingError: the member may not make this job now; nothing was stored.
         """
+        if verb is Verb.REPAINT and self.painter is None:
+            raise RefusedError("The mask painter is not enabled on this bot.")
         source = await self.iterations.source(job_id, user_id=origin.user_id, verb=verb, index=index)
         options = derived_options(source, verb, values)
         await self.check(options, origin, mask_file=True)
@@ -286,9 +288,7 @@ class JobService:
         if draft.verb is Verb.USE:
             assert draft.index is not None
             prepare = functools.partial(self.iterations.use_result, source=draft.source, index=draft.index)
-        elif draft.verb is Verb.REPAINT:
-            if self.painter is None:
-                raise RefusedError("The mask painter is not enabled on this bot.")
+        elif draft.verb is Verb.REPAINT:  # the painter is on: draft() made sure
             prepare = functools.partial(self.iterations.paint_on_result, source=draft.source, index=draft.index or 0)
         else:
             prepare = functools.partial(self.iterations.copy_inputs, source=draft.source)

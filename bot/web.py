@@ -24,6 +24,7 @@ from bot.paint_links import (
     PaintLinks,
     UsedLinkError,
 )
+from bot.serving import start_site
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +132,9 @@ class PaintServer:
         return app
 
     async def __aenter__(self) -> Self:
-        host, _, port = self.settings.listen.rpartition(":")
-        runner = web.AppRunner(self.app, access_log_class=_RedactedAccessLogger, handle_signals=False)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host.strip("[]"), int(port)).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
+        self._runner = await start_site(
+            self.app, self.settings.listen, access_log_class=_RedactedAccessLogger, handle_signals=False
+        )
         log.info("painter listening on %s for %s", self.settings.listen, self.settings.public_url)
         return self
 

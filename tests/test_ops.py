@@ -29,10 +29,11 @@ from bot.fal import FalQueueClient
 from bot.fal_models import FalSubmitUnknownError, InpaintInput
 from bot.metrics import Metrics
 from bot.models import InpaintOptions, Job, JobState, Origin, utcnow
-from bot.ops import OpsServer, ask_healthz, split_listen
+from bot.ops import OpsServer, ask_healthz
 from bot.pacing import DISCORD_EPOCH_MS, RequestBudget, budget_trace
 from bot.pipeline import JobPipeline
 from bot.scheduler import Scheduler
+from bot.serving import split_listen
 from bot.store import JobStore
 from tests.conftest import MakeRig
 from tests.fakes.fal import FakeFal, start_fake_fal
